@@ -1,0 +1,695 @@
+"""``kes``: the KES command-line client — keys, identities — and ``kes server``.
+
+Commands, flags, environment variables and printed layouts follow KES's own ``kes`` tool so that
+existing scripts and walkthroughs keep working.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import importlib
+import ipaddress
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kesd import __version__, identity
+from kesd.cli import output
+from kesd.client import DEFAULT_ENDPOINT, APIError, Client, is_untrusted_certificate
+
+SERVER_ENV = ["MINIO_KES_SERVER", "KES_SERVER", "MINIO_KMS_KES_ENDPOINT"]
+API_KEY_ENV = ["MINIO_KES_API_KEY", "KES_API_KEY", "MINIO_KMS_KES_API_KEY"]
+CERT_ENV = ["MINIO_KES_CERT_FILE", "KES_CLIENT_CERT", "MINIO_KES_CLIENT_CERT"]
+KEY_ENV = ["MINIO_KES_KEY_FILE", "KES_CLIENT_KEY", "MINIO_KES_CLIENT_KEY"]
+CA_ENV = "KES_CA"
+TIMEOUT = 30.0
+DEFAULT_KEY_FILE = "private.key"
+DEFAULT_CERT_FILE = "public.crt"
+
+CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+# --- connection settings shared by every command that talks to a server -------------------------
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to reach the server: endpoint(s), credentials, server-certificate checks."""
+
+    server: str
+    api_key: str | None = field(default=None, repr=False)
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    insecure: bool = False
+
+
+_CONNECTION_OPTIONS = [
+    click.option(
+        "-s",
+        "--server",
+        envvar=SERVER_ENV,
+        default=DEFAULT_ENDPOINT,
+        show_default=True,
+        show_envvar=True,
+        metavar="HOST[:PORT]",
+        help="KES server endpoint(s), comma-separated.",
+    ),
+    click.option(
+        "-a",
+        "--api-key",
+        envvar=API_KEY_ENV,
+        show_envvar=True,
+        metavar="KEY",
+        help="API key (kes:v1:…) to authenticate with.",
+    ),
+    click.option(
+        "--cert",
+        "cert_file",
+        envvar=CERT_ENV,
+        show_envvar=True,
+        metavar="FILE",
+        help="Client certificate file (instead of an API key).",
+    ),
+    click.option(
+        "--key",
+        "key_file",
+        envvar=KEY_ENV,
+        show_envvar=True,
+        metavar="FILE",
+        help="Private key file of the client certificate.",
+    ),
+    click.option(
+        "--ca",
+        envvar=CA_ENV,
+        show_envvar=True,
+        metavar="PATH",
+        help="CA certificate file or directory to verify the server with.",
+    ),
+    click.option("-k", "--insecure", is_flag=True, help="Skip verification of the server's certificate."),
+    click.option("-e", "--enclave", metavar="NAME", hidden=True, help="Accepted and ignored."),
+]
+
+
+def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the server/credential flags to a command and pass them on as one ``conn`` argument."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        server: str,
+        api_key: str | None,
+        cert_file: str | None,
+        key_file: str | None,
+        ca: str | None,
+        insecure: bool,
+        enclave: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        del enclave  # accepted for compatibility; a KES server has no enclaves any more
+        conn = Connection(server, api_key or None, cert_file or None, key_file or None, ca or None, insecure)
+        return command(*args, conn=conn, **kwargs)
+
+    for option in reversed(_CONNECTION_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--json``."""
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(command)
+
+
+def color_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept KES's ``--color`` flag (output is never colored, so the value does not matter)."""
+    return click.option(
+        "--color",
+        type=click.Choice(["auto", "never", "always"]),
+        default="auto",
+        hidden=True,
+        help="Accepted for compatibility; output is plain.",
+    )(command)
+
+
+@contextlib.contextmanager
+def session(conn: Connection) -> Iterator[Client]:
+    """A connected :class:`Client`; server and connection failures become one-line CLI errors."""
+    client = _open(conn)
+    try:
+        yield client
+    except APIError as err:
+        raise click.ClickException(
+            err.message.rstrip() or f"server answered with status {err.status}"
+        ) from err
+    except ConnectionError as err:
+        raise click.ClickException(_connection_failure(err, conn)) from err
+    finally:
+        client.close()
+
+
+def _open(conn: Connection) -> Client:
+    """Build the client for ``conn``, prompting for the password of an encrypted client key."""
+    for path in (conn.cert, conn.key):
+        if path and not os.path.isfile(path):
+            raise click.ClickException(f"cannot read '{path}': no such file")
+    password = _key_password(conn.key)
+    try:
+        return Client(
+            conn.server,
+            cert=conn.cert,
+            key=conn.key,
+            api_key=conn.api_key,
+            ca=conn.ca,
+            insecure=conn.insecure,
+            timeout=TIMEOUT,
+            password=password,
+        )
+    except ssl.SSLError as err:
+        reason = "wrong password?" if password is not None else "not a matching PEM certificate and key"
+        raise click.ClickException(
+            f"cannot load the client certificate '{conn.cert}' and key '{conn.key}': {reason}"
+        ) from err
+    except OSError as err:
+        raise click.ClickException(f"cannot read '{err.filename or conn.ca}': {err.strerror}") from err
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _key_password(path: str | None) -> str | None:
+    """Prompt for the password of an encrypted client key file; None for plain (or unreadable) files."""
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if b"ENCRYPTED" not in data:
+        return None
+    return click.prompt("Enter password for private key", hide_input=True, err=True)
+
+
+def _connection_failure(err: ConnectionError, conn: Connection) -> str:
+    """Explain a failed connection, with a hint for the two usual TLS problems."""
+    if is_untrusted_certificate(err):
+        return (
+            f"{err}. The server's certificate is not trusted: use -k/--insecure to skip the check, "
+            f"or --ca FILE (${CA_ENV}) to trust its issuer"
+        )
+    if isinstance(err.__cause__, ssl.SSLError) and not (conn.api_key or conn.cert):
+        return (
+            f"{err}. The server probably requires a client certificate: use -a/--api-key "
+            f"(${API_KEY_ENV[1]}) or ${CERT_ENV[1]} and ${KEY_ENV[1]}"
+        )
+    return str(err)
+
+
+def _for_each(names: Sequence[str], action: Callable[[str], None]) -> None:
+    """Apply ``action`` to every name, stopping at the first failure (naming the key if several)."""
+    for name in names:
+        try:
+            action(name)
+        except APIError as err:
+            if len(names) > 1:
+                raise APIError(err.status, f"key '{name}': {err.message.rstrip()}") from err
+            raise
+
+
+def _base64_arg(value: str, what: str) -> bytes:
+    """Decode a standard-base64 command-line argument, or fail naming what it should have been."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise click.ClickException(f"invalid {what}: not base64") from err
+
+
+def _emit(text: str) -> None:
+    """Print prepared output exactly (it carries its own newlines)."""
+    click.echo(text, nl=False)
+
+
+# --- kes ----------------------------------------------------------------------------------------
+
+
+class _Main(click.Group):
+    """The top-level group; ``kes server`` is imported on first use (it pulls in the whole server)."""
+
+    lazy = {"server": "kesd.cli.server"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """All command names, the lazy ones included."""
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The named command, importing a lazy one when it is first asked for."""
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module = importlib.import_module(self.lazy[cmd_name])
+            self.add_command(getattr(module, cmd_name))
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Main, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="kes", message="%(prog)s %(version)s")
+def main() -> None:
+    """Command-line client for KES, the key encryption service.
+
+    \b
+    Examples:
+      $ kes identity new --ip "127.0.0.1" localhost
+      $ export KES_SERVER=https://127.0.0.1:7373 KES_API_KEY=kes:v1:…
+      $ kes key create my-key
+      $ kes key dek my-key
+    """
+
+
+# --- kes key ------------------------------------------------------------------------------------
+
+
+@main.group("key", context_settings=CONTEXT)
+def key_group() -> None:
+    """Create, list and use keys on a KES server.
+
+    \b
+    Examples:
+      $ kes key create my-key
+      $ kes key dek my-key
+      $ kes key ls
+    """
+
+
+@key_group.command("create", context_settings=CONTEXT)
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@connection_options
+def key_create(names: tuple[str, ...], conn: Connection) -> None:
+    """Create new cryptographic keys.
+
+    \b
+    Examples:
+      $ kes key create my-key
+      $ kes key create my-key1 my-key2
+    """
+    with session(conn) as client:
+        _for_each(names, client.create_key)
+
+
+@key_group.command("import", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("key", metavar="BASE64KEY")
+@connection_options
+def key_import(name: str, key: str, conn: Connection) -> None:
+    """Import a 32-byte key (base64) under a name.
+
+    \b
+    Examples:
+      $ kes key import my-key-2 Xlnr/nOgAWE5cA7GAsl3L2goCvmfs6KE0gNgB1T93wE=
+    """
+    raw = _base64_arg(key, "key")
+    with session(conn) as client:
+        client.import_key(name, raw)
+
+
+@key_group.command("info", context_settings=CONTEXT)
+@click.argument("name")
+@json_option
+@color_option
+@connection_options
+def key_info(name: str, as_json: bool, color: str, conn: Connection) -> None:
+    """Show the algorithm, creation date and owner of a key.
+
+    \b
+    Examples:
+      $ kes key info my-key
+      $ kes key info my-key --json
+    """
+    with session(conn) as client:
+        info = client.describe_key(name)
+    _emit(output.compact_json(info) if as_json else output.key_info(info))
+
+
+@key_group.command("ls", context_settings=CONTEXT)
+@click.argument("pattern", default="*", required=False)
+@json_option
+@color_option
+@connection_options
+def key_ls(pattern: str, as_json: bool, color: str, conn: Connection) -> None:
+    """List keys.
+
+    All keys, or those whose name starts with PATTERN (a trailing * is a wildcard).
+
+    \b
+    Examples:
+      $ kes key ls
+      $ kes key ls 'my-key*'
+      $ kes key ls --json
+    """
+    with session(conn) as client:
+        names = client.list_keys(pattern)
+    _emit(output.key_list_json(names) if as_json else output.key_list(names))
+
+
+@key_group.command("rm", context_settings=CONTEXT)
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@connection_options
+def key_rm(names: tuple[str, ...], conn: Connection) -> None:
+    """Delete keys.
+
+    \b
+    Examples:
+      $ kes key rm my-key
+      $ kes key rm my-key1 my-key2
+    """
+    with session(conn) as client:
+        _for_each(names, client.delete_key)
+
+
+@key_group.command("dek", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("context", required=False, metavar="[CONTEXT_BASE64]")
+@json_option
+@connection_options
+def key_dek(name: str, context: str | None, as_json: bool, conn: Connection) -> None:
+    """Generate a new data encryption key.
+
+    Prints the key (plaintext) and the same key encrypted with NAME (ciphertext).
+
+    \b
+    Examples:
+      $ kes key dek my-key
+      $ kes key dek my-key --json | jq -r .ciphertext
+    """
+    associated = _base64_arg(context, "context") if context else None
+    with session(conn) as client:
+        plaintext, ciphertext = client.generate_key(name, associated)
+    _emit(output.dek_json(plaintext, ciphertext) if as_json else output.dek(plaintext, ciphertext))
+
+
+@key_group.command("encrypt", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("message")
+@json_option
+@connection_options
+def key_encrypt(name: str, message: str, as_json: bool, conn: Connection) -> None:
+    """Encrypt a (text) message with a key.
+
+    \b
+    Examples:
+      $ kes key encrypt my-key "Hello World"
+    """
+    with session(conn) as client:
+        ciphertext = client.encrypt(name, message.encode())
+    _emit((output.labelled_json if as_json else output.labelled)("ciphertext", ciphertext))
+
+
+@key_group.command("decrypt", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("ciphertext", metavar="CIPHERTEXT_BASE64")
+@click.argument("context", required=False, metavar="[CONTEXT_BASE64]")
+@json_option
+@connection_options
+def key_decrypt(name: str, ciphertext: str, context: str | None, as_json: bool, conn: Connection) -> None:
+    """Decrypt a ciphertext with a key.
+
+    CIPHERTEXT and CONTEXT are base64; the plaintext is printed in base64.
+
+    \b
+    Examples:
+      $ CIPHERTEXT=$(kes key dek my-key --json | jq -r .ciphertext)
+      $ kes key decrypt my-key "$CIPHERTEXT"
+    """
+    sealed = _base64_arg(ciphertext, "ciphertext")
+    associated = _base64_arg(context, "context") if context else None
+    with session(conn) as client:
+        plaintext = client.decrypt(name, sealed, associated)
+    _emit((output.labelled_json if as_json else output.labelled)("plaintext", plaintext))
+
+
+@key_group.command("hmac", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("message")
+@json_option
+@connection_options
+def key_hmac(name: str, message: str, as_json: bool, conn: Connection) -> None:
+    """Compute the HMAC of a message with a key.
+
+    Prints the HMAC-SHA256 in base64.
+
+    \b
+    Examples:
+      $ kes key hmac my-key "Hello World"
+    """
+    with session(conn) as client:
+        mac = client.hmac(name, message.encode())
+    _emit((output.labelled_json if as_json else output.labelled)("hmac", mac))
+
+
+# --- kes identity -------------------------------------------------------------------------------
+
+
+class _IdentityGroup(click.Group):
+    """``kes identity X`` with X not a subcommand means ``kes identity of X`` (newest KES)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Route an unknown first word to ``of``."""
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "of", self.commands["of"], list(args)
+        return super().resolve_command(ctx, args)
+
+
+@main.group("identity", cls=_IdentityGroup, invoke_without_command=True, context_settings=CONTEXT)
+@click.pass_context
+def identity_group(ctx: click.Context) -> None:
+    """Create KES identities and compute them.
+
+    Without a command, print a new API key and its identity.
+
+    \b
+    Examples:
+      $ kes identity
+      $ kes identity new --ip "127.0.0.1" localhost
+      $ kes identity of client.crt
+    """
+    if ctx.invoked_subcommand is None:
+        private = Ed25519PrivateKey.generate()
+        public_id = identity.identity_of_public_key(private.public_key())
+        _emit(output.api_key(identity.format_api_key(private), public_id))
+
+
+def parse_duration(text: str) -> timedelta:
+    """A Go-style duration (``720h``, ``1h30m``, ``90s``, ``1.5h``) as a timedelta."""
+    value = text.strip()
+    if value == "0":
+        return timedelta(0)
+    pos, seconds = 0, 0.0
+    while pos < len(value):
+        match = _DURATION_PART.match(value, pos)
+        if match is None:
+            raise ValueError(f"invalid duration '{text}'")
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0:
+        raise ValueError(f"invalid duration '{text}'")
+    return timedelta(seconds=seconds)
+
+
+def _expiry(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    """Click callback: parse ``--expiry`` (must be positive)."""
+    try:
+        duration = parse_duration(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+    if duration <= timedelta(0):
+        raise click.BadParameter("the expiry must be positive")
+    return duration
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    """Flatten repeatable options that may also hold comma-separated lists (as pflag accepts)."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _ips(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """Click callback: validate ``--ip`` values."""
+    ips = _split(values)
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError as err:
+            raise click.BadParameter(f"'{ip}' is not an IP address") from err
+    return ips
+
+
+@identity_group.command("new", context_settings=CONTEXT)
+@click.argument("subject", required=False)
+@click.option(
+    "--key", "key_path", metavar="FILE", help=f"Private key file to write. [default: {DEFAULT_KEY_FILE}]"
+)
+@click.option(
+    "--cert", "cert_path", metavar="FILE", help=f"Certificate file to write. [default: {DEFAULT_CERT_FILE}]"
+)
+@click.option("--ip", "ips", multiple=True, callback=_ips, metavar="IP", help="Add an IP address SAN.")
+@click.option("--dns", "dns", multiple=True, metavar="NAME", help="Add a DNS name SAN.")
+@click.option(
+    "--expiry",
+    default="720h",
+    show_default=True,
+    callback=_expiry,
+    metavar="DURATION",
+    help="How long the certificate is valid.",
+)
+@click.option("--encrypt", is_flag=True, help="Encrypt the private key with a password (prompted).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
+def identity_new(
+    *,
+    subject: str | None,
+    key_path: str | None,
+    cert_path: str | None,
+    ips: list[str],
+    dns: tuple[str, ...],
+    expiry: timedelta,
+    encrypt: bool,
+    force: bool,
+) -> None:
+    """Create a private key and self-signed certificate.
+
+    For a KES server or client. Without --key/--cert the files are private.key and
+    public.crt in the current directory. SUBJECT becomes the certificate's common
+    name (default: the identity).
+
+    \b
+    Examples:
+      $ kes identity new --ip "127.0.0.1" localhost
+      $ kes identity new --key=client.key --cert=client.crt MyApp
+      $ kes identity new --key client.key --cert client.crt --encrypt --expiry 8760h MyApp
+    """
+    if bool(key_path) != bool(cert_path):
+        raise click.UsageError("--key and --cert go together: give both, or neither for the default files")
+    key_path = key_path or DEFAULT_KEY_FILE
+    cert_path = cert_path or DEFAULT_CERT_FILE
+    if os.path.abspath(key_path) == os.path.abspath(cert_path):
+        raise click.UsageError("--key and --cert must name different files")
+    if not force:
+        for path, what in ((key_path, "private key"), (cert_path, "certificate")):
+            if os.path.lexists(path):
+                raise click.ClickException(
+                    f"{what} file '{path}' already exists. Use --force to overwrite it"
+                )
+    password = None
+    if encrypt:
+        text = click.prompt(
+            "Enter password for private key",
+            hide_input=True,
+            confirmation_prompt="Confirm password for private key",
+            err=True,
+        )
+        password = text.encode()
+    new = identity.new_identity(subject, ips=ips, dns=_split(dns), expiry=expiry, password=password)
+    _write(key_path, new.private_key_pem, 0o600, force)
+    try:
+        _write(cert_path, new.certificate_pem, 0o644, force)
+    except click.ClickException:
+        with contextlib.suppress(OSError):
+            os.unlink(key_path)
+        raise
+    _emit(output.identity_new(key_path, cert_path, new.identity))
+
+
+def _write(path: str, data: bytes, mode: int, force: bool) -> None:
+    """Write ``data`` to a new file with exactly ``mode`` (replacing an existing one only if ``force``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError as err:
+        raise click.ClickException(f"'{path}' already exists. Use --force to overwrite it") from err
+    except OSError as err:
+        raise click.ClickException(f"cannot create '{path}': {err.strerror}") from err
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        raise click.ClickException(f"cannot write '{path}': {err.strerror}") from err
+
+
+@identity_group.command("of", context_settings=CONTEXT)
+@click.argument("source", metavar="API_KEY|FILE")
+def identity_of(source: str) -> None:
+    """Compute the identity of a certificate or API key.
+
+    Given an Ed25519 private key file, print its API key as well.
+
+    \b
+    Examples:
+      $ kes identity of client.crt
+      $ kes identity of kes:v1:ACQpoGqx3rHHjT938Hfu5hVVQJHZWSqVI2Xp1KlYxFVw
+    """
+    if source.startswith("kes:v1:") or not os.path.exists(source):
+        _emit(output.identity_of(_identity_of_api_key(source)))
+        return
+    try:
+        data = Path(source).read_bytes()
+    except OSError as err:
+        raise click.ClickException(f"cannot read '{source}': {err.strerror}") from err
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        try:
+            cert = x509.load_pem_x509_certificate(_first_block(data, b"CERTIFICATE"))
+        except ValueError as err:
+            raise click.ClickException(f"'{source}' holds no valid certificate") from err
+        _emit(output.identity_of(identity.identity_of_certificate(cert)))
+        return
+    if b"PRIVATE KEY-----" in data:
+        try:
+            private = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as err:
+            raise click.ClickException(f"'{source}' holds no readable, unencrypted private key") from err
+        if not isinstance(private, Ed25519PrivateKey):
+            raise click.ClickException(f"'{source}' holds no Ed25519 private key (only those have API keys)")
+        public_id = identity.identity_of_public_key(private.public_key())
+        _emit(output.api_key(identity.format_api_key(private), public_id))
+        return
+    raise click.ClickException(f"'{source}' holds no PEM certificate")
+
+
+def _identity_of_api_key(text: str) -> str:
+    """The identity of an API key argument, or a CLI error that also covers a missing file."""
+    try:
+        private = identity.parse_api_key(text)
+    except ValueError as err:
+        if text.startswith("kes:v1:"):
+            raise click.ClickException(str(err)) from err
+        raise click.ClickException(f"'{text}' is neither a file nor an API key") from err
+    return identity.identity_of_public_key(private.public_key())
+
+
+def _first_block(data: bytes, kind: bytes) -> bytes:
+    """The first PEM block of type ``kind`` in ``data`` (a file may also hold other blocks)."""
+    begin = b"-----BEGIN " + kind + b"-----"
+    end = b"-----END " + kind + b"-----"
+    start = data.index(begin)
+    stop = data.index(end, start) + len(end)
+    return data[start:stop] + b"\n"
