@@ -43,6 +43,18 @@ READY_LINE = "=> Server is up and running"
 API_LINE = re.compile(r"^API\s+https://(\S+):(\d+)\s*$")
 ALLOW = ("/v1/key/generate/*", "/v1/key/decrypt/*", "/v1/key/create/*", "/v1/key/import/*")
 
+RUN_FIELDS = (
+    "ok_rps",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu",
+    "cpu_util",
+    "background_cpu",
+    "ok",
+    "non_2xx",
+    "errors",
+)
+NOISY_CPU = 0.15
 EXIT_SERVER = 1
 EXIT_SETUP = 2
 
@@ -188,6 +200,45 @@ def cpu_ticks(pid: int) -> int | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
+
+
+def busy_ticks() -> int:
+    """Ticks all CPUs spent busy since boot (user, nice, system, irq, softirq, steal) from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return sum(fields[:3]) + sum(fields[5:8])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """CPU counters at one instant: the server's, the generator's and the whole machine's."""
+
+    at: float
+    server: int | None
+    loadgen: int | None
+    machine: int
+
+
+def sample(server_pid: int, loadgen_pid: int) -> Sample:
+    """Read the three CPU counters now."""
+    return Sample(time.monotonic(), cpu_ticks(server_pid), cpu_ticks(loadgen_pid), busy_ticks())
+
+
+def cpu_shares(first: Sample, last: Sample) -> tuple[float | None, float | None]:
+    """(server CPU, CPU used by everything but server and generator), in cores, between two samples."""
+    ticks = (last.at - first.at) * os.sysconf("SC_CLK_TCK")
+    if (
+        ticks <= 0
+        or first.server is None
+        or last.server is None
+        or first.loadgen is None
+        or last.loadgen is None
+    ):
+        return None, None
+    server = (last.server - first.server) / ticks
+    loadgen = (last.loadgen - first.loadgen) / ticks
+    machine = (last.machine - first.machine) / ticks
+    return server, max(0.0, machine - server - loadgen)
 
 
 def free_port() -> int:
@@ -387,11 +438,18 @@ def decrypts_to(server: Server, ctx: ssl.SSLContext, body: bytes, plaintext: str
 def decrypt_bodies(
     servers: list[Server], ctx: ssl.SSLContext, work: Path
 ) -> tuple[dict[str, Path], list[str]]:
-    """One decrypt body file per server (from its own generate call), cross-checked on every server."""
+    """One decrypt body file per server (from its own generate call), cross-checked on every server.
+
+    A server whose generate call fails borrows another server's body (both hold the same key).
+    """
     bodies: dict[str, Path] = {}
     problems: list[str] = []
     for origin in servers:
-        plaintext, ciphertext = generate(origin, ctx)
+        try:
+            plaintext, ciphertext = generate(origin, ctx)
+        except (BenchError, OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"generate on {origin.label} failed: {exc}")
+            continue
         body = json.dumps({"ciphertext": ciphertext}).encode()
         path = work / f"decrypt-{origin.label}.json"
         path.write_bytes(body)
@@ -400,6 +458,10 @@ def decrypt_bodies(
             problem = decrypts_to(target, ctx, body, plaintext)
             if problem:
                 problems.append(f"ciphertext from {origin.label} on {target.label}: {problem}")
+    if not bodies:
+        raise BenchError("no server answered a generate request", EXIT_SERVER)
+    for server in servers:
+        bodies.setdefault(server.label, next(iter(bodies.values())))
     return bodies, problems
 
 
@@ -446,17 +508,16 @@ def run_loadgen(
     ]  # fmt: skip
     if scenario.handshake:
         argv.append("-handshake")
-    hz = os.sysconf("SC_CLK_TCK")
     margin = min(0.25, duration / 10)
     started = time.monotonic()
     proc = children.start(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    samples: list[tuple[float, int | None]] = []
+    samples: list[Sample] = []
     for at in (WARMUP_S + margin, WARMUP_S + duration - margin):
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(max(0.0, started + at - time.monotonic()))
-        samples.append((time.monotonic(), cpu_ticks(server.proc.pid)))
+        samples.append(sample(server.proc.pid, proc.pid))
     try:
         out, err = proc.communicate(timeout=duration + WARMUP_S + 60)
     except subprocess.TimeoutExpired:
@@ -472,19 +533,17 @@ def run_loadgen(
     if not result:
         result = {"ok": 0, "ok_rps": 0.0, "requests": 0, "errors": 0, "error_kinds": {}, "status": {}}
         result["loadgen_error"] = err.strip()[-500:] or f"loadgen exit {proc.returncode}"
-    (t0, c0), (t1, c1) = samples
-    if c0 is not None and c1 is not None and t1 > t0:
-        result["server_cpu"] = (c1 - c0) / hz / (t1 - t0)
-    else:
-        result["server_cpu"] = None
+    server_cpu, background_cpu = cpu_shares(samples[0], samples[-1])
+    result["server_cpu"] = None if server_cpu is None else round(server_cpu, 3)
+    result["background_cpu"] = None if background_cpu is None else round(background_cpu, 3)
     result["loadgen_exit"] = proc.returncode
     return result
 
 
 def median(values: list[float | None]) -> float | None:
-    """The median of the known values, or None."""
+    """The median of the known values (rounded to 3 decimals), or None."""
     known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
+    return round(statistics.median(known), 3) if known else None
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -500,18 +559,16 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_ms": median([r.get("p99_ms") for r in results]),
         "server_cpu": median([r.get("server_cpu") for r in results]),
         "loadgen_cpu": median([r.get("cpu_util") for r in results]),
+        "background_cpu": max(
+            (round(r["background_cpu"], 3) for r in results if r.get("background_cpu") is not None),
+            default=None,
+        ),
         "ok": sum(int(r.get("ok") or 0) for r in results),
         "non_2xx": sum(int(r.get("non_2xx") or 0) for r in results),
         "errors": sum(int(r.get("errors") or 0) for r in results),
         "status": dict(statuses),
         "error_kinds": dict(kinds),
-        "runs": [
-            {
-                k: r.get(k)
-                for k in ("ok_rps", "p50_ms", "p99_ms", "server_cpu", "cpu_util", "ok", "non_2xx", "errors")
-            }
-            for r in results
-        ],
+        "runs": [{k: r.get(k) for k in RUN_FIELDS} for r in results],
     }
 
 
@@ -521,7 +578,8 @@ def describe_run(label: str, scenario: Scenario, index: int, runs: int, r: dict[
     line = (
         f"[{label:4}] {scenario.name:<20} run {index}/{runs}: {r.get('ok_rps') or 0:>9,.0f} req/s"
         f"  p50 {r.get('p50_ms') or 0:.2f} ms  p99 {r.get('p99_ms') or 0:.2f} ms"
-        f"  server cpu {'?' if cpu is None else f'{cpu:.0%}'}"
+        f"  server cpu {fmt(cpu, '.0%')}  loadgen cpu {fmt(r.get('cpu_util'), '.0%')}"
+        f"  other cpu {fmt(r.get('background_cpu'), '.0%')}"
     )
     if r.get("non_2xx") or r.get("errors") or r.get("loadgen_error"):
         line += (
@@ -556,6 +614,30 @@ def table(report: dict[str, dict[str, Any]]) -> str:
             f" {fmt(entry.get('ratio'), '.2f'):>8}"
         )
     return "\n".join(rows)
+
+
+def notes(report: dict[str, dict[str, Any]]) -> list[str]:
+    """Warnings a reader needs to trust the table: failures, a busy machine, a saturated generator."""
+    lines: list[str] = []
+    for name, entry in report.items():
+        for label in ("ours", "ref"):
+            e = entry[label]
+            if e["non_2xx"] or e["errors"]:
+                lines.append(
+                    f"note: {name} ({label}): {e['non_2xx']} non-2xx, {e['errors']} errors;"
+                    f" status {e['status']}, error_kinds {e['error_kinds']}"
+                )
+            if e["background_cpu"] is not None and e["background_cpu"] > NOISY_CPU:
+                lines.append(
+                    f"note: {name} ({label}): other processes used up to {e['background_cpu']:.0%}"
+                    " of a core during a run; the figures are noisy"
+                )
+            if e["loadgen_cpu"] is not None and e["loadgen_cpu"] > 0.9:
+                lines.append(
+                    f"note: {name} ({label}): the load generator used {e['loadgen_cpu']:.0%} of its core;"
+                    " it may be the bottleneck"
+                )
+    return lines
 
 
 def git_commit() -> str:
@@ -600,14 +682,24 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def benchmark(args: argparse.Namespace, children: Children, work: Path) -> int:
-    """Build, start both servers, measure every scenario, print the report; returns the exit status."""
+@dataclass
+class Setup:
+    """What the measurements need: tools, certificates, both running servers and their decrypt bodies."""
+
+    loadgen: Path
+    certs: Certs
+    servers: list[Server]
+    bodies: dict[str, Path]
+    problems: list[str]
+
+
+def set_up(args: argparse.Namespace, children: Children, work: Path) -> Setup:
+    """Build the tools, make certificates, start both servers with the same key, build decrypt bodies."""
     tools = shared_dir() / "tools"
     binaries = build_tools(tools)
     certs = make_certs(tools, work / "certs")
     key_b64 = base64.b64encode(os.urandom(32)).decode()
     ctx = client_context(certs)
-
     ref = start_refserver(children, binaries["refserver"], certs, key_b64, work)
     log(f"refserver up at {ref.url} (pid {ref.proc.pid})")
     ours = start_kesd(children, certs, args.loop, work)
@@ -619,17 +711,24 @@ def benchmark(args: argparse.Namespace, children: Children, work: Path) -> int:
         log(f"WARNING: decrypt cross-check: {problem}")
     if not problems:
         log("decrypt cross-check: both servers decrypt each other's ciphertexts")
+    return Setup(binaries["loadgen"], certs, servers, bodies, problems)
 
+
+def measure(
+    args: argparse.Namespace, children: Children, setup: Setup
+) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], list[str]]:
+    """Each scenario `args.runs` times per server, alternating who goes first; raw results and crashes."""
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {s.name: {"ours": [], "ref": []} for s in SCENARIOS}
     crashed: list[str] = []
     for scenario in SCENARIOS:
         for index in range(1, args.runs + 1):
-            for server in servers:
+            order = setup.servers if index % 2 else list(reversed(setup.servers))
+            for server in order:
                 if not server.alive():
                     continue
-                body = f"@{bodies[server.label]}" if scenario.body == "decrypt" else scenario.body
+                body = f"@{setup.bodies[server.label]}" if scenario.body == "decrypt" else scenario.body
                 result = run_loadgen(
-                    children, binaries["loadgen"], server, scenario, body, args.duration, certs
+                    children, setup.loadgen, server, scenario, body, args.duration, setup.certs
                 )
                 raw[scenario.name][server.label].append(result)
                 log(describe_run(server.label, scenario, index, args.runs, result))
@@ -637,25 +736,33 @@ def benchmark(args: argparse.Namespace, children: Children, work: Path) -> int:
                     crashed.append(server.label)
                     log(f"!! {server.label} exited with {server.proc.returncode} during {scenario.name}:")
                     log(server.diagnostics())
+    return raw, crashed
 
+
+def build_report(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """Per scenario: the summary of each server and the ratio of their median req/s."""
     report: dict[str, dict[str, Any]] = {}
     for name, by_server in raw.items():
         entry: dict[str, Any] = {label: summarise(results) for label, results in by_server.items()}
-        o, r = entry["ours"]["rps"], entry["ref"]["rps"]
-        entry["ratio"] = o / r if o is not None and r else None
+        ours, ref = entry["ours"]["rps"], entry["ref"]["rps"]
+        entry["ratio"] = round(ours / ref, 3) if ours is not None and ref else None
         report[name] = entry
+    return report
 
-    failing = [
-        f"{n} ({lab})"
-        for n, e in report.items()
-        for lab in ("ours", "ref")
-        if e[lab]["non_2xx"] or e[lab]["errors"]
-    ]
-    if failing and ours.alive():
-        log(f"!! failures in: {', '.join(failing)}; kesd output:")
+
+def benchmark(args: argparse.Namespace, children: Children, work: Path) -> int:
+    """Set up, measure every scenario, print the table, notes and JSON line; returns the exit status."""
+    setup = set_up(args, children, work)
+    raw, crashed = measure(args, children, setup)
+    report = build_report(raw)
+    ours = setup.servers[1]
+    if ours.alive() and any(e["ours"]["non_2xx"] or e["ours"]["errors"] for e in report.values()):
+        log("!! kesd answered with errors; its output:")
         log(ours.diagnostics())
 
     print(table(report))
+    for line in notes(report):
+        print(line)
     ratio = report["generate keep-alive"]["ratio"]
     print(f"generate keep-alive: {fmt(ratio, '.2f')} × Go reference")
     summary = {
@@ -667,7 +774,7 @@ def benchmark(args: argparse.Namespace, children: Children, work: Path) -> int:
         "duration_s": args.duration,
         "runs": args.runs,
         "conns": CONNECTIONS,
-        "decrypt_crosscheck": problems or "ok",
+        "decrypt_crosscheck": setup.problems or "ok",
         "crashed": crashed,
         "scenarios": report,
     }

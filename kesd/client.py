@@ -210,22 +210,30 @@ class Client:
 
     def _exchange(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> http.client.HTTPResponse:
-        """Send one request on the kept-alive connection, reconnecting once if it went stale."""
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send one request on the kept-alive connection and read the whole answer.
+
+        A connection that the server closed while it sat idle is replaced once.
+        """
         for attempt in range(2):
             fresh = self._conn is None
             if self._conn is None:
                 self._conn = self._connect()
             try:
                 self._conn.request(method, path, body=body, headers=headers)
-                return self._conn.getresponse()
+                resp = self._conn.getresponse()
+                data = resp.read()
             except _STALE as err:
                 self.close()
                 if fresh or attempt:
                     raise ConnectionError(f"connection to {self.endpoint} failed: {_reason(err)}") from err
-            except OSError as err:
+                continue
+            except (OSError, http.client.HTTPException) as err:
                 self.close()
                 raise ConnectionError(f"request to {self.endpoint} failed: {_reason(err)}") from err
+            if resp.will_close:
+                self.close()
+            return resp, data
         raise AssertionError("unreachable")
 
     def request(
@@ -241,13 +249,12 @@ class Client:
             if content_type:
                 headers["Content-Type"] = content_type
         for hop in range(2):
-            resp = self._exchange(method, path, body, headers)
-            data = resp.read()
-            if resp.will_close:
-                self.close()
+            resp, data = self._exchange(method, path, body, headers)
             ctype = resp.getheader("Content-Type", "") or ""
             location = resp.getheader("Location")
-            if resp.status in _REDIRECTS and location and hop == 0:
+            if resp.status in _REDIRECTS and location:
+                if hop:
+                    break
                 target = urlsplit(location)
                 path = target.path + (f"?{target.query}" if target.query else "")
                 continue
@@ -391,10 +398,13 @@ def _ssl_context(
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca:
-        if os.path.isdir(ca):
-            ctx.load_verify_locations(capath=ca)
-        else:
-            ctx.load_verify_locations(cafile=ca)
+        try:
+            if os.path.isdir(ca):
+                ctx.load_verify_locations(capath=ca)
+            else:
+                ctx.load_verify_locations(cafile=ca)
+        except ssl.SSLError as err:
+            raise ValueError(f"'{ca}' holds no usable CA certificates") from err
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

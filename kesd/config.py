@@ -683,12 +683,12 @@ def _is_null(node: yaml.Node) -> bool:
 
 
 def _kind(node: yaml.Node) -> str:
-    """How a node reads in an error message."""
+    """How a node reads in an error message (never its text: it may be a misplaced secret)."""
     if isinstance(node, yaml.MappingNode):
         return "a section"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return f"the value {_q(node.value)}"
+    return "a single value"
 
 
 def _unknown(key: str, known: Mapping[str, Any]) -> str:

@@ -51,6 +51,17 @@ def prepare(config: Config, options: Options) -> tuple[App, object]:
     return app, sock
 
 
+def startup_message(config: Config, exc: Exception) -> str:
+    """One line for a start-up failure, naming the config file when a config field is at fault."""
+    text = exc.line() if isinstance(exc, errors.ConfigError) else str(exc)
+    if config.file and text.split(".", 1)[0].split(":", 1)[0] in _CONFIG_SECTIONS:
+        return f"{config.file}: {text}"
+    return text
+
+
+_CONFIG_SECTIONS = frozenset({"address", "admin", "tls", "policy", "keystore", "cache", "log", "api", "keys"})
+
+
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     """An event loop: uvloop when installed (or asked for), else asyncio's."""
     if kind in ("auto", "uvloop"):
@@ -70,7 +81,7 @@ def run(config: Config, options: Options | None = None) -> int:
     try:
         app, sock = prepare(config, options)
     except (errors.StartupError, errors.ConfigError) as exc:
-        print(f"kesd: {exc}", file=sys.stderr)
+        print(f"Error: {startup_message(config, exc)}", file=sys.stderr)
         return 1
     loop = new_loop(options.loop)
     asyncio.set_event_loop(loop)

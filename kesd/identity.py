@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ _OwnPrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 API_KEY_PREFIX = "kes:v1:"
 _API_KEY_ED25519 = 0
 _API_KEY_LENGTH = 33
+# Standard base64 with padding, as Go's base64.StdEncoding accepts it (CR/LF removed beforehand).
+_STD_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 CLIENT_CERT_VALIDITY = timedelta(days=90)
 SERVER_CERT_VALIDITY = timedelta(days=90)
 DEFAULT_IDENTITY_EXPIRY = timedelta(hours=720)
@@ -122,10 +125,9 @@ def is_ca_certificate(cert: bytes | x509.Certificate) -> bool:
 def parse_api_key(text: str) -> ed25519.Ed25519PrivateKey:
     """Parse ``kes:v1:`` + base64(0x00 ‖ 32-byte Ed25519 seed); ValueError (without key bytes) otherwise."""
     encoded = text.removeprefix(API_KEY_PREFIX).replace("\r", "").replace("\n", "")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except ValueError:
-        raise ValueError("invalid API key: not 'kes:v1:' followed by base64") from None
+    if _STD_BASE64.fullmatch(encoded) is None:
+        raise ValueError("invalid API key: not 'kes:v1:' followed by base64")
+    raw = base64.b64decode(encoded)
     if len(raw) != _API_KEY_LENGTH:
         raise ValueError("invalid API key: wrong length")
     if raw[0] != _API_KEY_ED25519:

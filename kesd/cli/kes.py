@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 from cryptography import x509
@@ -38,6 +38,7 @@ CA_ENV = "KES_CA"
 TIMEOUT = 30.0
 DEFAULT_KEY_FILE = "private.key"
 DEFAULT_CERT_FILE = "public.crt"
+_API_KEY_TEXT_MIN = 44  # base64 of 33 bytes, without the "kes:v1:" prefix
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
@@ -132,12 +133,35 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         del enclave  # accepted for compatibility; a KES server has no enclaves any more
-        conn = Connection(server, api_key or None, cert_file or None, key_file or None, ca or None, insecure)
+        api_key, cert_file, key_file = _credentials(api_key or None, cert_file or None, key_file or None)
+        conn = Connection(server, api_key, cert_file, key_file, ca or None, insecure)
         return command(*args, conn=conn, **kwargs)
 
     for option in reversed(_CONNECTION_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _credentials(
+    api_key: str | None, cert: str | None, key: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """Resolve an API key against a certificate/key pair: a command-line flag beats the environment.
+
+    If both kinds come from the same place they conflict, and the client reports it.
+    """
+    if not (api_key and (cert or key)):
+        return api_key, cert, key
+    ctx = click.get_current_context()
+    from_flags = {
+        name
+        for name in ("api_key", "cert_file", "key_file")
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    }
+    if "api_key" in from_flags and not from_flags & {"cert_file", "key_file"}:
+        return api_key, None, None
+    if "api_key" not in from_flags and from_flags & {"cert_file", "key_file"}:
+        return None, cert, key
+    return api_key, cert, key
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -258,7 +282,7 @@ def _emit(text: str) -> None:
 class _Main(click.Group):
     """The top-level group; ``kes server`` is imported on first use (it pulls in the whole server)."""
 
-    lazy = {"server": "kesd.cli.server"}
+    lazy: ClassVar[dict[str, str]] = {"server": "kesd.cli.server"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """All command names, the lazy ones included."""
@@ -682,7 +706,9 @@ def _identity_of_api_key(text: str) -> str:
     except ValueError as err:
         if text.startswith("kes:v1:"):
             raise click.ClickException(str(err)) from err
-        raise click.ClickException(f"'{text}' is neither a file nor an API key") from err
+        # A long argument may be a mistyped API key: do not echo it.
+        shown = f"'{text}'" if len(text) < _API_KEY_TEXT_MIN else "the argument"
+        raise click.ClickException(f"{shown} is neither a file nor an API key") from err
     return identity.identity_of_public_key(private.public_key())
 
 

@@ -8,7 +8,7 @@ import click
 
 from kesd import __version__, errors
 from kesd.config import load_config
-from kesd.daemon import Options, run
+from kesd.daemon import Options, run, startup_message
 
 DEFAULT_CONFIG = "/etc/kesd/config.yml"
 
@@ -38,17 +38,17 @@ def main(config_file: str, addr: str | None, mlock: bool, check_file: str | None
     try:
         config = load_config(check_file or config_file).with_overrides(address=addr)
     except errors.ConfigError as exc:
-        click.echo(f"kesd: {exc.line()}", err=True)
+        click.echo(f"Error: {exc.line()}", err=True)
         sys.exit(2)
     for warning in config.warnings:
-        click.echo(f"kesd: warning: {warning}", err=True)
+        click.echo(f"Warning: {warning}", err=True)
     if check_file:
         from kesd.server.app import build_state
 
         try:
             build_state(config)
         except (errors.StartupError, errors.ConfigError) as exc:
-            click.echo(f"kesd: {exc}", err=True)
+            click.echo(f"Error: {startup_message(config, exc)}", err=True)
             sys.exit(2)
         click.echo(f"{check_file}: configuration is valid")
         return

@@ -1,4 +1,4 @@
-"""The texts ``kes`` prints: walkthrough layouts byte for byte, JSON forms, key info and lists."""
+"""What ``kes`` prints (walkthrough layouts byte for byte, JSON, key info, lists); client wire helpers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from kesd import client
 from kesd.cli import output
 
 IDENTITY = "2e897f99a779cf5dd147e58de0fe55a494f546f4dcae8bc9e5426d2b5cd35680"
@@ -114,3 +115,78 @@ def test_key_list_json():
 
 def test_compact_json_keeps_unicode_and_order():
     assert output.compact_json({"name": "ключ", "a": 1}) == '{"name":"ключ","a":1}\n'
+
+
+# --- what the client puts on the wire and how it reads answers (pure helpers of kesd.client) -----
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("127.0.0.1:7373", ["https://127.0.0.1:7373"]),
+        ("http://127.0.0.1:7373", ["https://127.0.0.1:7373"]),
+        ("https://kes.example:7373/", ["https://kes.example:7373"]),
+        ("HTTPS://kes.example", ["https://kes.example"]),
+        (" a:1 , http://b:2,,", ["https://a:1", "https://b:2"]),
+        ("[::1]:7373", ["https://[::1]:7373"]),
+    ],
+)
+def test_parse_endpoints(setting, expected):
+    assert client.parse_endpoints(setting) == expected
+
+
+def test_parse_endpoints_rejects_empty():
+    with pytest.raises(ValueError):
+        client.parse_endpoints(" , ")
+
+
+@pytest.mark.parametrize(
+    ("base", "arg", "path"),
+    [
+        ("/v1/key/create", "my-key", "/v1/key/create/my-key"),
+        ("/v1/key/list", "*", "/v1/key/list/%2A"),
+        ("/v1/key/list", "my-key*", "/v1/key/list/my-key%2A"),
+        ("/v1/key/list", "", "/v1/key/list"),  # the SDK's path.Join: no slash, the server redirects
+        ("/v1/key/create", "a/b c?", "/v1/key/create/a%2Fb%20c%3F"),
+        ("/v1/key/create", "a$&+,:;=@b", "/v1/key/create/a$&+,:;=@b"),
+        ("/v1/key/create", "~_.-", "/v1/key/create/~_.-"),
+        ("/v1/key/create", "ключ", "/v1/key/create/%D0%BA%D0%BB%D1%8E%D1%87"),
+    ],
+)
+def test_route_escapes_like_go_path_escape(base, arg, path):
+    assert client.route(base, arg) == path
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "message"),
+    [
+        ("application/json", b'{"message":"key does not exist"\n}', "key does not exist"),
+        ("application/json; charset=utf-8", b'{"message":"key already exists"}', "key already exists"),
+        ("application/json", b'{"message":"M","error":"E"}', "E"),
+        ("application/json", b'{"message":"M","error":""}', "M"),
+        ("application/json", b"not json", "not json"),
+        ("text/plain; charset=utf-8", b"404 page not found\n", "404 page not found\n"),
+        ("", b"", ""),
+    ],
+)
+def test_parse_error_follows_sdk_rules(content_type, body, message):
+    err = client.parse_error(404, content_type, body)
+    assert err.status == 404
+    assert err.message == message
+    assert str(err) == message
+
+
+def test_parse_list_json_object():
+    body = b'{"names":["a","b"],"continue_at":"c"}\n'
+    assert client.parse_list("application/json", body, "names", "name") == (["a", "b"], "c")
+    assert client.parse_list("application/json", b'{"names":null}', "names", "name") == ([], "")
+
+
+def test_parse_list_ndjson_stream():
+    body = b'{"identity":"x1"}\n\n{"identity":"x2"}\n'
+    assert client.parse_list("application/x-ndjson", body, "identities", "identity") == (["x1", "x2"], "")
+
+
+def test_parse_list_ndjson_error_line_raises():
+    with pytest.raises(client.APIError, match="list broke"):
+        client.parse_list("application/x-ndjson", b'{"name":"a"}\n{"error":"list broke"}\n', "names", "name")

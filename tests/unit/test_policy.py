@@ -1,4 +1,4 @@
-"""Policy patterns and authorization (kesd.policy) against policy.json, policy_subset.json and Go path.Match."""
+"""Policy patterns and authorization (kesd.policy): policy.json, policy_subset.json, Go path.Match."""
 
 from __future__ import annotations
 
@@ -70,7 +70,11 @@ def _route_auth() -> list[tuple[str, str]]:
 
 def _decide(authorizer: Authorizer, identity: str | None, path: str) -> str:
     """Reference §4 steps 1-6 around the Authorizer: route auth kind, certificate, then policy."""
-    auth = next(kind for route, kind in _route_auth() if path == route or (route.endswith("/") and path.startswith(route)))
+    auth = next(
+        kind
+        for route, kind in _route_auth()
+        if path == route or (route.endswith("/") and path.startswith(route))
+    )
     if auth == "none":
         return "allowed"
     if identity is None:
@@ -330,14 +334,14 @@ def test_path_match(pattern, name, matched):
 _TOKENS = ["a", "b", "/", "/", "*", "*", "?", "[^a]", "[/]", "[a-b]", "[^/]", "\\*", "[", "]", "-", "^", "\\"]
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_path_match_agrees_with_reference_interpreter(seed):
     rng = random.Random(seed)
-    for _ in range(25_000):
+    for _ in range(20_000):
         pattern = "".join(rng.choice(_TOKENS) for _ in range(rng.randint(0, 6)))
         name = "".join(rng.choice("aab//") for _ in range(rng.randint(0, 7)))
         assert path_match(pattern, name) is _go_match(pattern, name), (pattern, name)
-    for _ in range(10_000):
+    for _ in range(5_000):
         pattern = "".join(rng.choice("ab/*?[]^-\\") for _ in range(rng.randint(0, 8)))
         name = "".join(rng.choice("ab/-]^*\\") for _ in range(rng.randint(0, 7)))
         assert path_match(pattern, name) is _go_match(pattern, name), (pattern, name)
