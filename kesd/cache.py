@@ -121,7 +121,7 @@ class KeyCache:
         intervals = [v for v in (self.expiry_any, self.expiry_unused / 2) if v > 0]
         if not intervals:
             return
-        self._sweeper = loop.call_later(min(min(intervals), 1.0), self._sweep, loop)
+        self._sweeper = loop.call_later(min(*intervals, 1.0), self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Evict entries older than ``expiry_any`` and, every ``unused/2``, entries left unused."""

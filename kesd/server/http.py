@@ -144,9 +144,11 @@ class HTTPConnection(asyncio.Protocol):
         """Close the connection if a header is too slow or it has been idle too long (called ~1/s)."""
         if self._busy or self._closing:
             return
-        if self._in_headers and now - self.header_started > READ_HEADER_TIMEOUT:
-            self._close()
-        elif not self._in_headers and now - self.last_activity > IDLE_TIMEOUT:
+        if self._in_headers:
+            expired = now - self.header_started > READ_HEADER_TIMEOUT
+        else:
+            expired = now - self.last_activity > IDLE_TIMEOUT
+        if expired:
             self._close()
 
     def close_if_idle(self) -> bool:

@@ -67,6 +67,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/identity/list/", 0, 15, VERIFY, handlers.list_identities),
 )
 
+
 class Router:
     """Finds the route and argument for a clean, decoded path."""
 
@@ -112,8 +113,8 @@ def build_router(api: Mapping[str, Any]) -> Router:
     The config parser has already refused ``skip_auth`` outside the public routes.
     """
     routes = []
-    for route in ROUTES:
-        override = api.get(route.path)
+    for default in ROUTES:
+        route, override = default, api.get(default.path)
         if override is not None:
             if override.timeout > 0:
                 route = replace(route, timeout=override.timeout)

@@ -12,6 +12,7 @@ server uses it. If anything does not add up, the server refuses to start.
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import os
 import ssl
@@ -19,9 +20,8 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import _ssl
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 

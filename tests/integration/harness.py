@@ -44,7 +44,9 @@ def make_identity(
     issuer: tuple[Any, x509.Certificate] | None = None,
 ) -> Identity:
     """Write ``name.key``/``name.crt`` (self-signed, or signed by ``issuer``) and return the identity."""
-    key: Any = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    key: Any = (
+        ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    )
     now = datetime.now(UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     builder = (
@@ -57,7 +59,8 @@ def make_identity(
         .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
         )
     )
     if san:
@@ -75,10 +78,14 @@ def make_identity(
     cert = builder.sign(signer, algorithm)
     key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
     key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return Identity(key_path, cert_path, hashes_sha256(spki))
 
 
@@ -96,8 +103,14 @@ def kes_command(*args: str) -> list[str]:
 class Server:
     """A `kes server` subprocess on an ephemeral loopback port."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any] | str, *, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any] | str,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "config.yml"
         text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
@@ -112,7 +125,10 @@ class Server:
         """Start the server and wait (polling its output) until it says it is up."""
         self.proc = subprocess.Popen(
             kes_command("server", "--config", str(self.config_path), *self.args),
-            cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -197,12 +213,21 @@ def client_context(identity: Identity | None) -> ssl.SSLContext:
     return ctx
 
 
-def call(server: Server, method: str, path: str, body: bytes | str | None = None, *,
-         identity: Identity | None = None, headers: dict[str, str] | None = None) -> Reply:
+def call(
+    server: Server,
+    method: str,
+    path: str,
+    body: bytes | str | None = None,
+    *,
+    identity: Identity | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     """One HTTPS request on a fresh connection."""
     conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=client_context(identity), timeout=15)
     try:
-        conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {})
+        conn.request(
+            method, path, body=body.encode() if isinstance(body, str) else body, headers=headers or {}
+        )
         resp = conn.getresponse()
         return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:

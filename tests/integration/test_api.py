@@ -42,7 +42,9 @@ def test_self_signed_ca_certificate_counts_as_no_certificate(server: Server, wor
 def test_create_generate_decrypt_round_trip(server: Server, app_client: Identity) -> None:
     assert call(server, "POST", "/v1/key/create/my-key-rt", identity=app_client).status == 200
     context = b64(b'{"bucket":"b"}')
-    reply = call(server, "POST", "/v1/key/generate/my-key-rt", json.dumps({"context": context}), identity=app_client)
+    reply = call(
+        server, "POST", "/v1/key/generate/my-key-rt", json.dumps({"context": context}), identity=app_client
+    )
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/json"
     dek = reply.json()
@@ -52,8 +54,13 @@ def test_create_generate_decrypt_round_trip(server: Server, app_client: Identity
     opened = call(server, "PUT", "/v1/key/decrypt/my-key-rt", body, identity=app_client)
     assert opened.status == 200
     assert opened.json() == {"plaintext": dek["plaintext"]}
-    wrong = call(server, "POST", "/v1/key/decrypt/my-key-rt",
-                 json.dumps({"ciphertext": dek["ciphertext"]}), identity=app_client)
+    wrong = call(
+        server,
+        "POST",
+        "/v1/key/decrypt/my-key-rt",
+        json.dumps({"ciphertext": dek["ciphertext"]}),
+        identity=app_client,
+    )
     assert (wrong.status, wrong.body) == (400, err("decryption failed: ciphertext is not authentic"))
 
 
@@ -111,7 +118,9 @@ def test_admin_bypasses_policies(server: Server, admin: Identity) -> None:
     assert (reply.status, reply.body) == (404, err("key does not exist"))
 
 
-def test_invalid_name_is_checked_after_authorization(server: Server, admin: Identity, app_client: Identity) -> None:
+def test_invalid_name_is_checked_after_authorization(
+    server: Server, admin: Identity, app_client: Identity
+) -> None:
     reply = call(server, "POST", "/v1/key/create/bad.name", identity=admin)
     assert (reply.status, reply.body) == (
         400,
@@ -179,13 +188,23 @@ def test_describe_key(server: Server, app_client: Identity) -> None:
 
 def test_encrypt_decrypt_and_hmac(server: Server, app_client: Identity) -> None:
     call(server, "POST", "/v1/key/create/my-key-ed", identity=app_client)
-    sealed = call(server, "POST", "/v1/key/encrypt/my-key-ed", json.dumps({"plaintext": b64(b"hello")}),
-                  identity=app_client).json()["ciphertext"]
-    opened = call(server, "POST", "/v1/key/decrypt/my-key-ed", json.dumps({"ciphertext": sealed}),
-                  identity=app_client).json()
+    sealed = call(
+        server,
+        "POST",
+        "/v1/key/encrypt/my-key-ed",
+        json.dumps({"plaintext": b64(b"hello")}),
+        identity=app_client,
+    ).json()["ciphertext"]
+    opened = call(
+        server, "POST", "/v1/key/decrypt/my-key-ed", json.dumps({"ciphertext": sealed}), identity=app_client
+    ).json()
     assert base64.b64decode(opened["plaintext"]) == b"hello"
-    mac1 = call(server, "PUT", "/v1/key/hmac/my-key-ed", json.dumps({"message": b64(b"m")}), identity=app_client)
-    mac2 = call(server, "PUT", "/v1/key/hmac/my-key-ed", json.dumps({"message": b64(b"m")}), identity=app_client)
+    mac1 = call(
+        server, "PUT", "/v1/key/hmac/my-key-ed", json.dumps({"message": b64(b"m")}), identity=app_client
+    )
+    mac2 = call(
+        server, "PUT", "/v1/key/hmac/my-key-ed", json.dumps({"message": b64(b"m")}), identity=app_client
+    )
     assert mac1.status == 200
     assert len(base64.b64decode(mac1.json()["hmac"])) == 32
     assert mac1.body == mac2.body
@@ -205,15 +224,32 @@ def test_bad_bodies(server: Server, app_client: Identity, admin: Identity) -> No
 
 def test_import_rules(server: Server, admin: Identity) -> None:
     key = b64(bytes(range(32)))
-    reply = call(server, "POST", "/v1/key/import/imp-1", json.dumps({"key": key, "cipher": "DES"}), identity=admin)
+    reply = call(
+        server, "POST", "/v1/key/import/imp-1", json.dumps({"key": key, "cipher": "DES"}), identity=admin
+    )
     assert (reply.status, reply.body) == (406, err("algorithm 'DES' is not supported"))
-    reply = call(server, "POST", "/v1/key/import/imp-1", json.dumps({"key": b64(b"short"), "cipher": "AES256"}),
-                 identity=admin)
+    reply = call(
+        server,
+        "POST",
+        "/v1/key/import/imp-1",
+        json.dumps({"key": b64(b"short"), "cipher": "AES256"}),
+        identity=admin,
+    )
     assert (reply.status, reply.body) == (406, err("invalid key size for 'AES256'"))
-    assert call(server, "POST", "/v1/key/import/imp-1", json.dumps({"key": key, "cipher": "ChaCha20"}),
-                identity=admin).status == 200
+    assert (
+        call(
+            server,
+            "POST",
+            "/v1/key/import/imp-1",
+            json.dumps({"key": key, "cipher": "ChaCha20"}),
+            identity=admin,
+        ).status
+        == 200
+    )
     # 2022 clients send {"bytes"} only: AES256.
-    assert call(server, "POST", "/v1/key/import/imp-2", json.dumps({"bytes": key}), identity=admin).status == 200
+    assert (
+        call(server, "POST", "/v1/key/import/imp-2", json.dumps({"bytes": key}), identity=admin).status == 200
+    )
     info = call(server, "GET", "/v1/key/describe/imp-1", identity=admin).json()
     assert info["algorithm"] == "XCHACHA20-POLY1305"
 
@@ -249,9 +285,11 @@ def test_keep_alive_and_pipelining(server: Server, app_client: Identity) -> None
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     tls = client_context(app_client).wrap_socket(raw)
     try:
-        req = (b"POST /v1/key/generate/my-key-pipe HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
-               b"GET /v1/key/describe/my-key-pipe HTTP/1.1\r\nHost: x\r\n\r\n"
-               b"GET /v1/key/describe/missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        req = (
+            b"POST /v1/key/generate/my-key-pipe HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+            b"GET /v1/key/describe/my-key-pipe HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /v1/key/describe/missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         tls.sendall(req)
         data = b""
         while chunk := tls.recv(65536):

@@ -26,8 +26,9 @@ def hammer(server: Server, admin: Identity, prefix: str, acked: list[str], stop:
             acked.append(name)
 
 
-def test_kill_9_during_creates_loses_nothing_acknowledged(tmp_path: Path, server_id: Identity,
-                                                          admin: Identity) -> None:
+def test_kill_9_during_creates_loses_nothing_acknowledged(
+    tmp_path: Path, server_id: Identity, admin: Identity
+) -> None:
     keys = tmp_path / "keys"
     config = base_config(server_id, admin.identity, keys)
     acked: list[str] = []
@@ -35,7 +36,8 @@ def test_kill_9_during_creates_loses_nothing_acknowledged(tmp_path: Path, server
         srv = Server(tmp_path, config).start()
         stop = threading.Event()
         threads = [
-            threading.Thread(target=hammer, args=(srv, admin, f"r{round_}t{t}", acked, stop)) for t in range(4)
+            threading.Thread(target=hammer, args=(srv, admin, f"r{round_}t{t}", acked, stop))
+            for t in range(4)
         ]
         for t in threads:
             t.start()

@@ -49,7 +49,10 @@ def test_decrypt_vector_over_http(old_dir_server: Server, admin: Identity, index
         body["context"] = vector["associated_data_b64"]
     reply = call(old_dir_server, "POST", f"/v1/key/decrypt/dec-{index}", json.dumps(body), identity=admin)
     if should_fail:
-        assert (reply.status, reply.body) == (400, b'{"message":"decryption failed: ciphertext is not authentic"\n}')
+        assert (reply.status, reply.body) == (
+            400,
+            b'{"message":"decryption failed: ciphertext is not authentic"\n}',
+        )
     else:
         assert reply.status == 200, reply.body
         assert reply.json()["plaintext"] == vector["plaintext_b64"]
@@ -60,18 +63,28 @@ def test_decrypt_vector_over_http(old_dir_server: Server, admin: Identity, index
     [(i, v) for i, v in enumerate(KEY_VERSIONS["parse"]) if not v["should_fail"]],
     ids=[v["id"] for v in KEY_VERSIONS["parse"] if not v["should_fail"]],
 )
-def test_stored_key_formats_are_served(old_dir_server: Server, admin: Identity, index: int, vector: dict) -> None:
+def test_stored_key_formats_are_served(
+    old_dir_server: Server, admin: Identity, index: int, vector: dict
+) -> None:
     info = call(old_dir_server, "GET", f"/v1/key/describe/stored-{index}", identity=admin)
     assert info.status == 200, info.body
     expected = vector["expected"]
-    assert info.json()["algorithm"] == {"AES256": "AES256-GCM_SHA256", "ChaCha20": "XCHACHA20-POLY1305"}[
-        expected["cipher"]
-    ]
+    assert (
+        info.json()["algorithm"]
+        == {"AES256": "AES256-GCM_SHA256", "ChaCha20": "XCHACHA20-POLY1305"}[expected["cipher"]]
+    )
     if expected.get("created_by"):
         assert info.json()["created_by"] == expected["created_by"]
-    sealed = call(old_dir_server, "POST", f"/v1/key/encrypt/stored-{index}", '{"plaintext":"aGk="}', identity=admin)
-    opened = call(old_dir_server, "POST", f"/v1/key/decrypt/stored-{index}",
-                  json.dumps({"ciphertext": sealed.json()["ciphertext"]}), identity=admin)
+    sealed = call(
+        old_dir_server, "POST", f"/v1/key/encrypt/stored-{index}", '{"plaintext":"aGk="}', identity=admin
+    )
+    opened = call(
+        old_dir_server,
+        "POST",
+        f"/v1/key/decrypt/stored-{index}",
+        json.dumps({"ciphertext": sealed.json()["ciphertext"]}),
+        identity=admin,
+    )
     assert opened.json() == {"plaintext": "aGk="}
     mac = call(old_dir_server, "PUT", f"/v1/key/hmac/stored-{index}", '{"message":"aGk="}', identity=admin)
     if expected.get("hmac_key_b64"):
@@ -80,7 +93,9 @@ def test_stored_key_formats_are_served(old_dir_server: Server, admin: Identity, 
         assert (mac.status, mac.body) == (409, b'{"message":"key does not support HMAC"\n}')
 
 
-def test_new_keys_are_written_in_the_newest_format(old_dir_server: Server, admin: Identity, tmp_path: Path) -> None:
+def test_new_keys_are_written_in_the_newest_format(
+    old_dir_server: Server, admin: Identity, tmp_path: Path
+) -> None:
     assert call(old_dir_server, "POST", "/v1/key/create/fresh", identity=admin).status == 200
     keys = Path(old_dir_server.config_path).parent / "keys"
     content = (keys / "fresh").read_bytes()

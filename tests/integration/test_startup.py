@@ -21,7 +21,11 @@ def start_fails(workdir: Path, config: dict | str, *args: str) -> tuple[int, str
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
     proc = subprocess.run(
         kes_command("server", "--config", str(path), *args),
-        cwd=workdir, capture_output=True, text=True, timeout=60, check=False,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert READY_LINE not in proc.stdout
     return proc.returncode, proc.stderr
@@ -33,16 +37,22 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_bad_configs_name_file_field_and_value(workdir: Path, server_id: Identity, app_client: Identity) -> None:
+def test_bad_configs_name_file_field_and_value(
+    workdir: Path, server_id: Identity, app_client: Identity
+) -> None:
     good = base_config(server_id, "disabled", workdir / "keys-bad")
     cases: list[tuple[dict, list[str]]] = [
         ({**good, "tls": {**good["tls"], "auth": "maybe"}}, ["tls.auth", "maybe"]),
         ({**good, "adress": "127.0.0.1:0"}, ["adress", "unknown field"]),
         ({**good, "address": ["not", "a", "string"]}, ["address"]),
-        ({**good, "policy": {"p": {"allow": ["/v1/key/[x"], "identities": [app_client.identity]}}},
-         ["policy.p.allow", "/v1/key/[x"]),
-        ({**good, "policy": {"p": {"allow": ["/v1/status"], "identities": ["not valid!"]}}},
-         ["policy.p.identities", "not valid!"]),
+        (
+            {**good, "policy": {"p": {"allow": ["/v1/key/[x"], "identities": [app_client.identity]}}},
+            ["policy.p.allow", "/v1/key/[x"],
+        ),
+        (
+            {**good, "policy": {"p": {"allow": ["/v1/status"], "identities": ["not valid!"]}}},
+            ["policy.p.identities", "not valid!"],
+        ),
         ({**good, "tls": {**good["tls"], "key": str(workdir / "missing.key")}}, ["tls.key", "missing.key"]),
         ({**good, "tls": {**good["tls"], "key": str(server_id.cert)}}, ["tls.key", "server.crt"]),
     ]
@@ -56,14 +66,22 @@ def test_bad_configs_name_file_field_and_value(workdir: Path, server_id: Identit
 
 
 def test_missing_config_file(workdir: Path) -> None:
-    proc = subprocess.run(kes_command("server", "--config", str(workdir / "nope.yml")),
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        kes_command("server", "--config", str(workdir / "nope.yml")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "nope.yml" in one_line(proc.stderr)
 
 
 def test_address_in_use_is_a_clear_error(workdir: Path, server: Server, server_id: Identity) -> None:
-    config = {**base_config(server_id, "disabled", workdir / "keys-busy"), "address": f"127.0.0.1:{server.port}"}
+    config = {
+        **base_config(server_id, "disabled", workdir / "keys-busy"),
+        "address": f"127.0.0.1:{server.port}",
+    }
     code, stderr = start_fails(workdir, config)
     assert code == 1
     assert f"cannot listen on '127.0.0.1:{server.port}'" in one_line(stderr)
@@ -72,9 +90,13 @@ def test_address_in_use_is_a_clear_error(workdir: Path, server: Server, server_i
 def test_encrypted_server_key_with_password(tmp_path: Path, admin: Identity) -> None:
     plain = make_identity(tmp_path, "srv", kind="ecdsa", san=("127.0.0.1",))
     key = serialization.load_pem_private_key(plain.key.read_bytes(), None)
-    plain.key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.BestAvailableEncryption(b"s3cret")))
+    plain.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
     assert b"ENCRYPTED" in plain.key.read_bytes()
     config = base_config(plain, admin.identity, tmp_path / "keys")
     config["tls"]["password"] = "s3cret"
@@ -108,7 +130,9 @@ def test_auth_on_verifies_client_chains(tmp_path: Path) -> None:
 def test_auth_off_accepts_self_signed_ed25519(tmp_path: Path) -> None:
     client = make_identity(tmp_path, "client")
     srv_id = make_identity(tmp_path, "srv", san=("127.0.0.1",))  # Ed25519 server, as `kes identity new`
-    with Server(tmp_path, base_config(srv_id, client.identity, tmp_path / "keys"), args=("--auth", "off")) as srv:
+    with Server(
+        tmp_path, base_config(srv_id, client.identity, tmp_path / "keys"), args=("--auth", "off")
+    ) as srv:
         assert call(srv, "POST", "/v1/key/create/k", identity=client).status == 200
 
 
@@ -125,9 +149,17 @@ def test_mlock_with_and_without_capability(tmp_path: Path, admin: Identity, serv
     path = tmp_path / "cfg.yml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock",
-         *kes_command("server", "--config", str(path), "--mlock")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        [
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+            *kes_command("server", "--config", str(path), "--mlock"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     line = one_line(proc.stderr)

@@ -80,7 +80,9 @@ def _netns_available() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
 
 
-@pytest.mark.skipif(not _netns_available(), reason="needs root, unshare and ip for a private network namespace")
+@pytest.mark.skipif(
+    not _netns_available(), reason="needs root, unshare and ip for a private network namespace"
+)
 def test_filesystem_keystore_walkthrough(tmp_path: Path) -> None:
     bindir = Path(sys.executable).parent
     assert (bindir / "kes").exists(), "the kes console script is installed next to the interpreter"
@@ -91,10 +93,14 @@ def test_filesystem_keystore_walkthrough(tmp_path: Path) -> None:
         return (tmp_path / name).read_text()
 
     hexid = r"[0-9a-f]{64}"
-    assert re.fullmatch(rf"\n  Private key:  private\.key\n  Certificate:  public\.crt\n  Identity:     {hexid}\n",
-                        out("step1.out"))
-    assert re.fullmatch(rf"\n  Private key:  client\.key\n  Certificate:  client\.crt\n  Identity:     {hexid}\n",
-                        out("step2.out"))
+    assert re.fullmatch(
+        rf"\n  Private key:  private\.key\n  Certificate:  public\.crt\n  Identity:     {hexid}\n",
+        out("step1.out"),
+    )
+    assert re.fullmatch(
+        rf"\n  Private key:  client\.key\n  Certificate:  client\.crt\n  Identity:     {hexid}\n",
+        out("step2.out"),
+    )
     client_identity = re.search(hexid, out("step2.out")).group(0)
     assert out("step3.out") == f"\n  Identity:  {client_identity}\n"
 
