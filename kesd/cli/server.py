@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shutil
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
@@ -65,7 +67,7 @@ def server(
             config, notes = _dev_config(addr or DEV_ADDRESS, state_dir)
         else:
             config = load_config(config_file or "")
-            notes = []
+            notes = _no_notes
         config = config.with_overrides(address=addr, auth=auth)
         if key_file or cert_file:
             tls = dataclasses.replace(
@@ -83,8 +85,9 @@ def server(
 
     def banner(app: App, runtime: list[str]) -> None:
         click.echo(_banner(app, config, runtime))
-        for line in notes:
+        for line in notes(app.address):
             click.echo(line)
+        click.echo("\n=> Server is up and running")
         sys.stdout.flush()
 
     sys.exit(run(config, Options(mlock=mlock, banner=banner)))
@@ -110,7 +113,7 @@ def _banner(app: App, config: Config, runtime: list[str]) -> str:
         ("MLock", "enabled" if memory_locked() else "disabled"),
     ]
     body = "\n".join(f"{k:<12}{v}" for k, v in rows)
-    return f"{body}\n\n=> Server is up and running"
+    return body
 
 
 def _addresses(host: str) -> list[str]:
@@ -147,7 +150,17 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         f.write(data)
 
 
-def _dev_config(address: str, state_dir: str | None) -> tuple[Config, list[str]]:
+def _no_notes(_address: str) -> list[str]:
+    return []
+
+
+def _kes_program() -> str:
+    """How to invoke the kes client that belongs to this installation."""
+    beside = os.path.join(os.path.dirname(sys.executable), "kes")
+    return beside if shutil.which("kes") != beside and os.path.exists(beside) else "kes"
+
+
+def _dev_config(address: str, state_dir: str | None) -> tuple[Config, Callable[[str], list[str]]]:
     """A fresh server certificate and admin identity in the state dir, and an in-memory keystore."""
     from kesd.identity import new_identity, new_server_identity
 
@@ -172,18 +185,22 @@ def _dev_config(address: str, state_dir: str | None) -> tuple[Config, list[str]]
         config, keystore=KeystoreConfig(type="memory", settings=MappingProxyType({}))
     )
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
-    port = address.rpartition(":")[2]
-    notes = [
-        "",
-        "Development mode: a fresh server certificate and admin identity; keys live in memory only.",
-        f"  Admin identity: {admin.identity}",
-        f"  Admin API key:  {admin.api_key}",
-        f"  Files:          {directory}",
-        "",
-        "Use it from another shell:",
-        f"  export KES_SERVER=https://{url_host}:{port}",
-        f"  export KES_CLIENT_CERT={directory / 'admin.crt'} KES_CLIENT_KEY={directory / 'admin.key'}",
-        "  kes key create my-key -k",
-        "  kes key dek my-key -k",
-    ]
+    kes = _kes_program()
+
+    def notes(bound: str) -> list[str]:
+        port = bound.rpartition(":")[2]
+        return [
+            "",
+            "Development mode: a fresh server certificate and admin identity; keys live in memory only.",
+            f"  Admin identity: {admin.identity}",
+            f"  Admin API key:  {admin.api_key}",
+            f"  Files:          {directory}",
+            "",
+            "Use it from another shell:",
+            f"  export KES_SERVER=https://{url_host}:{port}",
+            f"  export KES_CLIENT_CERT={directory / 'admin.crt'} KES_CLIENT_KEY={directory / 'admin.key'}",
+            f"  {kes} key create my-key -k",
+            f"  {kes} key dek my-key -k",
+        ]
+
     return config, notes

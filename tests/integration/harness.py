@@ -120,11 +120,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.output: list[str] = []
         self.address = ""
+        self.command = kes_command("server", "--config", str(self.config_path), *args)
 
     def start(self, timeout: float = 30.0) -> Server:
         """Start the server and wait (polling its output) until it says it is up."""
         self.proc = subprocess.Popen(
-            kes_command("server", "--config", str(self.config_path), *self.args),
+            self.command,
             cwd=self.workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -165,3 +165,19 @@ def test_mlock_with_and_without_capability(tmp_path: Path, admin: Identity, serv
     line = one_line(proc.stderr)
     assert "--mlock: cannot lock memory" in line
     assert "CAP_IPC_LOCK" in line
+
+
+def test_dev_server_starts_with_no_files(tmp_path: Path) -> None:
+    """`kes server --dev`: one command, a working server, an admin identity written and printed."""
+    state = tmp_path / "state"
+    srv = Server(tmp_path, "", args=())
+    srv.config_path.unlink()
+    srv.command = kes_command("server", "--dev", "--addr", "127.0.0.1:0", "--state-dir", str(state))
+    with srv:
+        text = "".join(srv.output)
+        admin = Identity(state / "admin.key", state / "admin.crt", "")
+        assert f"KES_CLIENT_CERT={state / 'admin.crt'}" in text
+        assert (state / "admin.key").stat().st_mode & 0o777 == 0o600
+        assert call(srv, "POST", "/v1/key/create/my-key", identity=admin).status == 200
+        assert call(srv, "POST", "/v1/key/generate/my-key", "{}", identity=admin).status == 200
+        assert "in-memory" in text
