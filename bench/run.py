@@ -119,6 +119,8 @@ def build_tools(tools: Path) -> dict[str, Path]:
             go = go or find_go()
             log(f"building {name} with {go}")
             env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+            if not any(env.get(v) for v in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
+                env["GOCACHE"] = str(BIN_DIR / ".gocache")
             done = subprocess.run([go, "build", "-o", str(target), "."], cwd=source, env=env, check=False)
             if done.returncode != 0:
                 raise BenchError(f"go build of {name} failed (exit {done.returncode})")
@@ -320,6 +322,15 @@ def wait_for_port(proc: subprocess.Popen[Any], port: int, timeout: float) -> boo
     return False
 
 
+def answers_version(certs: Certs, port: int) -> bool:
+    """Whether the server on ``port`` is ours to use: it answers GET /version over our mTLS setup."""
+    try:
+        status, _ = call(client_context(certs), "127.0.0.1", port, "GET", "/version")
+    except (OSError, http.client.HTTPException):
+        return False
+    return status == 200
+
+
 def start_refserver(
     children: Children, binary: Path, certs: Certs, key_b64: str, work: Path, attempts: int = 5
 ) -> Server:
@@ -337,10 +348,8 @@ def start_refserver(
         ]  # fmt: skip
         with logfile.open("ab") as err:
             proc = children.start(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        if wait_for_port(proc, port, 10.0):
-            status, _ = call(client_context(certs), "127.0.0.1", port, "GET", "/version")
-            if status == 200:
-                return Server("ref", proc, "127.0.0.1", port, logfile, runtime="go refserver GOMAXPROCS=1")
+        if wait_for_port(proc, port, 10.0) and answers_version(certs, port):
+            return Server("ref", proc, "127.0.0.1", port, logfile, runtime="go refserver GOMAXPROCS=1")
         children.stop(proc)
     raise BenchError(f"refserver did not start:\n{tail(logfile)}", EXIT_SERVER)
 
@@ -386,13 +395,14 @@ def start_kesd(children: Children, certs: Certs, loop: str, work: Path) -> Serve
             if line.startswith("Runtime"):
                 found["runtime"] = line.split(None, 1)[1] if " " in line else ""
             if line.strip() == READY_LINE:
+                found["ready"] = line
                 ready.set()
         ready.set()
 
     threading.Thread(target=reader, name="kesd-stdout", daemon=True).start()
     ready.wait(START_TIMEOUT_S)
     output = "\n".join(lines)
-    if proc.poll() is not None or "host" not in found or READY_LINE not in output:
+    if proc.poll() is not None or "host" not in found or "ready" not in found:
         children.stop(proc)
         raise BenchError(
             f"kesd did not start (exit {proc.returncode}):\n{output}\n{tail(logfile)}", EXIT_SERVER

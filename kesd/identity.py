@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kesd.pem import encrypt_legacy
+
 if TYPE_CHECKING:  # the type alias has this name only from cryptography 40 on
     from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
@@ -275,12 +277,12 @@ def _add_common_extensions(
 
 
 def _private_pem(key: _OwnPrivateKey, password: bytes | None) -> bytes:
-    """PKCS#8 PEM of a private key, encrypted (PKCS#8 PBES2) if a password is given."""
-    encryption: serialization.KeySerializationEncryption
+    """PKCS#8 PEM of a private key; with a password, legacy RFC 1423 encryption as KES writes it."""
     if password is None:
-        encryption = serialization.NoEncryption()
-    elif not password:
-        raise ValueError("the key password must not be empty")
-    else:
-        encryption = serialization.BestAvailableEncryption(password)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return encrypt_legacy(der, password)

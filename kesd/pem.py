@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -160,3 +161,25 @@ def _bytes_to_key(secret: bytes, salt: bytes, size: int) -> bytes:
         previous = digest.finalize()
         derived += previous
     return derived[:size]
+
+
+def encrypt_legacy(der: bytes, password: bytes, *, kind: str = "PRIVATE KEY") -> bytes:
+    """An RFC 1423 encrypted PEM block (AES-256-CBC), as KES's ``kes identity new --encrypt`` writes.
+
+    Go (and so KES) cannot read PKCS#8 ``ENCRYPTED PRIVATE KEY`` files, only this legacy form.
+    """
+    if not password:
+        raise ValueError("the key password must not be empty")
+    iv = os.urandom(16)
+    key = _bytes_to_key(password, iv[:8], 32)
+    pad = 16 - len(der) % 16
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(der + bytes([pad]) * pad) + encryptor.finalize()
+    body = base64.encodebytes(sealed).replace(b"\n", b"")
+    lines = b"\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return (
+        f"-----BEGIN {kind}-----\nProc-Type: 4,ENCRYPTED\n".encode()
+        + f"DEK-Info: AES-256-CBC,{iv.hex().upper()}\n\n".encode()
+        + lines
+        + f"\n-----END {kind}-----\n".encode()
+    )

@@ -110,6 +110,7 @@ class HTTPConnection(asyncio.Protocol):
         self._body_size = 0
         self._header_bytes = 0
         self._in_headers = False
+        self._expect_continue = False
         self._busy = False
         self._closing = False
         self._backlog: deque[_Pending] = deque()
@@ -178,9 +179,16 @@ class HTTPConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("headers too large")
+        if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        if self._expect_continue:
+            # curl waits a second for this before sending bodies over 1 KiB (Go answers it too).
+            self._expect_continue = False
+            if not self._busy:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         # Keep at most 1 MB + 1 byte: enough for every route's limit and to detect overflow.

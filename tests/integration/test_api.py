@@ -298,3 +298,28 @@ def test_keep_alive_and_pipelining(server: Server, app_client: Identity) -> None
         tls.close()
     statuses = re.findall(rb"HTTP/1\.1 (\d+) ", data)
     assert statuses == [b"200", b"200", b"403"]
+
+
+def test_expect_100_continue(server: Server, app_client: Identity) -> None:
+    """curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for the interim answer."""
+    import socket
+
+    from tests.integration.harness import client_context
+
+    call(server, "POST", "/v1/key/create/my-key-expect", identity=app_client)
+    body = json.dumps({"plaintext": b64(b"x" * 2000)}).encode()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    tls = client_context(app_client).wrap_socket(raw)
+    try:
+        tls.sendall(
+            b"POST /v1/key/encrypt/my-key-expect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        assert tls.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        tls.sendall(body)
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    finally:
+        tls.close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")

@@ -241,7 +241,10 @@ def test_new_identity_default_now_is_current_time():
 
 def test_new_identity_encrypted_key_round_trips():
     new = identity.new_identity("enc", now=NOW, password=b"s3cret")
-    assert new.private_key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
+    # RFC 1423 legacy encryption, the only encrypted form Go (and so KES) can read.
+    assert new.private_key_pem.startswith(
+        b"-----BEGIN PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,"
+    )
     key = pem.load_private_key(new.private_key_pem, "s3cret", source="client.key")
     assert identity.identity_of_public_key(key.public_key()) == new.identity
     with pytest.raises(ValueError, match=r"client\.key"):
@@ -322,3 +325,29 @@ def test_new_server_identity():
 def test_new_server_identity_needs_a_host():
     with pytest.raises(ValueError):
         identity.new_server_identity([])
+
+
+def test_encrypted_key_is_readable_by_openssl(tmp_path):
+    """An independent implementation (OpenSSL) decrypts the legacy-encrypted key we write."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    new = identity.new_identity("enc", now=NOW, password=b"s3cret")
+    path = tmp_path / "k.pem"
+    path.write_bytes(new.private_key_pem)
+    ok = subprocess.run(
+        ["openssl", "pkey", "-in", str(path), "-passin", "pass:s3cret", "-pubout"],
+        capture_output=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    pub = serialization.load_pem_public_key(ok.stdout)
+    assert identity.identity_of_public_key(pub) == new.identity
+    bad = subprocess.run(
+        ["openssl", "pkey", "-in", str(path), "-passin", "pass:nope", "-noout"],
+        capture_output=True,
+        check=False,
+    )
+    assert bad.returncode != 0
