@@ -749,7 +749,7 @@ def _build(raw: Mapping[str, Any], r: _Reader) -> Config:
         api=_build_api(raw.get("api", {}), r),
         policies=policies,
         keys=_build_keys(raw.get("keys", ()), r),
-        keystore=_build_keystore(raw.get("keystore", {}), r),
+        keystore=_build_keystore(raw["keystore"], r) if "keystore" in raw else _memory_keystore(r),
         mlock=_bool(raw.get("mlock", ""), "mlock", r),
         admin_socket=admin_section.get("socket", "") or DEFAULT_ADMIN_SOCKET,
         warnings=tuple(r.warnings),
@@ -926,6 +926,15 @@ _ONE_OF: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType(
         },
     }
 )
+
+
+def _memory_keystore(r: _Reader) -> KeystoreConfig:
+    """No ``keystore`` section at all: keys live in memory (as KES of 2022), said loudly."""
+    r.warnings.append(
+        f"{r.file}: no keystore section: keys are kept in memory and lost when the server stops "
+        "(set keystore.fs.path to keep them)"
+    )
+    return KeystoreConfig(type="memory")
 
 
 def _build_keystore(sections: Mapping[str, Any], r: _Reader) -> KeystoreConfig:

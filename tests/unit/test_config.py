@@ -106,6 +106,13 @@ def test_config_vector(vector: dict[str, Any]) -> None:
         assert info.value.field == "foo"
         assert "unknown field 'foo'" in str(info.value)
         return
+    if vector["id"] == "syn-conf-no-keystore":
+        # Deliberate deviation (the product issue): no keystore section means in-memory keys, as in
+        # KES of 2022, with a warning that says the keys do not survive a restart.
+        cfg = parse_config(text, file=name, env=env)
+        assert cfg.keystore.type == "memory"
+        assert any("lost when the server stops" in w for w in cfg.warnings)
+        return
     if vector["should_fail"]:
         assert vector["fails_at"] == "config_parse"
         with pytest.raises(ConfigError) as info:
@@ -973,3 +980,9 @@ def test_load_config_missing_file(tmp_path: Any) -> None:
     assert info.value.file == str(missing)
     assert str(missing) in str(info.value)
     assert "does not exist" in str(info.value)
+
+
+def test_empty_keystore_section_is_still_an_error() -> None:
+    text = "admin:\n  identity: disabled\ntls:\n  key: k\n  cert: c\nkeystore: {}\n"
+    with pytest.raises(ConfigError, match="no keystore specified"):
+        parse_config(text)
