@@ -490,22 +490,21 @@ def decrypt_bodies(
 
 @dataclass(frozen=True)
 class Scenario:
-    """One load shape."""
+    """One load shape: an API operation on the bench key, over kept-alive or fresh connections."""
 
     name: str
-    body: str
+    op: str
     handshake: bool
 
     def path(self) -> str:
         """The request path."""
-        op = "decrypt" if self.body == "decrypt" else "generate"
-        return f"/v1/key/{op}/{KEY_NAME}"
+        return f"/v1/key/{self.op}/{KEY_NAME}"
 
 
 SCENARIOS = (
-    Scenario("generate keep-alive", "{}", handshake=False),
+    Scenario("generate keep-alive", "generate", handshake=False),
     Scenario("decrypt keep-alive", "decrypt", handshake=False),
-    Scenario("generate handshake", "{}", handshake=True),
+    Scenario("generate handshake", "generate", handshake=True),
 )
 
 
@@ -746,7 +745,7 @@ def measure(
             for server in order:
                 if not server.alive():
                     continue
-                body = f"@{setup.bodies[server.label]}" if scenario.body == "decrypt" else scenario.body
+                body = f"@{setup.bodies[server.label]}" if scenario.op == "decrypt" else "{}"
                 result = run_loadgen(
                     children, setup.loadgen, server, scenario, body, args.duration, setup.certs
                 )

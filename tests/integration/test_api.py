@@ -323,3 +323,57 @@ def test_expect_100_continue(server: Server, app_client: Identity) -> None:
     finally:
         tls.close()
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def _tls_socket(server: Server, identity: Identity):
+    import socket
+
+    from tests.integration.harness import client_context
+
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    return client_context(identity).wrap_socket(raw)
+
+
+def _read_all(tls) -> bytes:
+    data = b""
+    try:
+        while chunk := tls.recv(65536):
+            data += chunk
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return data
+
+
+def test_malformed_request_gets_400_and_server_survives(server: Server, admin: Identity) -> None:
+    tls = _tls_socket(server, admin)
+    try:
+        tls.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        assert _read_all(tls).startswith(b"HTTP/1.1 400 ")
+    finally:
+        tls.close()
+    assert call(server, "GET", "/version", identity=admin).status == 200
+
+
+def test_oversized_headers_close_the_connection(server: Server, admin: Identity) -> None:
+    tls = _tls_socket(server, admin)
+    try:
+        tls.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        assert _read_all(tls).startswith(b"HTTP/1.1 400 ")
+    finally:
+        tls.close()
+
+
+def test_slow_header_is_cut_after_read_header_timeout(server: Server, admin: Identity) -> None:
+    """Like Go's ReadHeaderTimeout (5 s): a client that never finishes its header is disconnected."""
+    import time
+
+    tls = _tls_socket(server, admin)
+    try:
+        tls.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n")
+        start = time.monotonic()
+        data = _read_all(tls)
+        waited = time.monotonic() - start
+    finally:
+        tls.close()
+    assert data == b""
+    assert 4.0 <= waited < 14.0
