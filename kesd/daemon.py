@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from kesd import errors, jsonfast
 from kesd.cache import KeyCache
 from kesd.config import Config
+from kesd.crypto import Cipher, encode_key_version, new_key_version
 from kesd.keystore import KeyStore, open_keystore
 from kesd.memlock import harden_process, lock_memory
 from kesd.server.app import App, State, bind, build_state, serve
@@ -42,6 +43,7 @@ def prepare(config: Config, options: Options) -> tuple[App, object]:
     state: State = build_state(config)
     keystore = options.keystore or open_keystore(config.keystore.type, dict(config.keystore.settings))
     keystore.status()
+    create_declared_keys(keystore, config.keys)
     cache_cfg = config.cache.effective()
     cache = KeyCache(keystore, expiry_any=cache_cfg.any, expiry_unused=cache_cfg.unused)
     sock = bind(config.address)
@@ -49,6 +51,18 @@ def prepare(config: Config, options: Options) -> tuple[App, object]:
     host, port = sock.getsockname()[:2]
     app.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return app, sock
+
+
+def create_declared_keys(keystore: KeyStore, names: tuple[str, ...]) -> None:
+    """Create the config's ``keys:`` that do not exist yet (existing keys are kept as they are)."""
+    for name in names:
+        try:
+            keystore.create(name, encode_key_version(new_key_version(Cipher.AES256, "")))
+            log.info("created key '%s' declared in the config", name)
+        except errors.KeyExists:
+            pass
+        except errors.KeystoreError as exc:
+            raise errors.StartupError(f"keys: cannot create key '{name}': {exc.message}") from None
 
 
 def startup_message(config: Config, exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -181,3 +182,19 @@ def test_dev_server_starts_with_no_files(tmp_path: Path) -> None:
         assert call(srv, "POST", "/v1/key/create/my-key", identity=admin).status == 200
         assert call(srv, "POST", "/v1/key/generate/my-key", "{}", identity=admin).status == 200
         assert "in-memory" in text
+
+
+def test_declared_keys_are_created_once(tmp_path: Path, server_id: Identity, admin: Identity) -> None:
+    """`keys:` creates missing keys at start-up and never replaces an existing one."""
+    config = base_config(server_id, admin.identity, tmp_path / "keys")
+    config["keys"] = [{"name": "declared-1"}, {"name": "declared-2"}]
+    with Server(tmp_path, config) as srv:
+        assert call(srv, "GET", "/v1/key/describe/declared-1", identity=admin).status == 200
+        sealed = call(
+            srv, "POST", "/v1/key/encrypt/declared-2", '{"plaintext":"aGk="}', identity=admin
+        ).json()
+    before = (tmp_path / "keys" / "declared-2").read_bytes()
+    with Server(tmp_path, config) as srv:
+        opened = call(srv, "POST", "/v1/key/decrypt/declared-2", json.dumps(sealed), identity=admin)
+        assert opened.json() == {"plaintext": "aGk="}
+    assert (tmp_path / "keys" / "declared-2").read_bytes() == before
