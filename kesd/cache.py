@@ -3,7 +3,9 @@
 Parsed keys stay in memory so that the hot path (generate/encrypt/decrypt/hmac) never touches the
 keystore: ``peek`` is a dict lookup. ``expiry_any`` evicts every entry that old; ``expiry_unused``
 evicts entries not used during the last interval (a per-entry "used" flag cleared by a sweep, which
-costs the hot path one attribute store). Concurrent misses for one key share one keystore read.
+costs the hot path one attribute store). With ``expiry_offline`` set, while the keystore is
+unreachable the other expiries pause and cached keys keep being served for up to that long.
+Concurrent misses for one key share one keystore read.
 """
 
 from __future__ import annotations
@@ -37,10 +39,14 @@ class _Entry:
 class KeyCache:
     """Cached, parsed keys over a synchronous keystore run in worker threads."""
 
-    def __init__(self, keystore: KeyStore, *, expiry_any: float, expiry_unused: float) -> None:
+    def __init__(
+        self, keystore: KeyStore, *, expiry_any: float, expiry_unused: float, expiry_offline: float = 0.0
+    ) -> None:
         self.keystore = keystore
         self.expiry_any = expiry_any
         self.expiry_unused = expiry_unused
+        self.expiry_offline = expiry_offline
+        self.offline = False  # set by the server's keystore probe
         self._entries: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[KeyVersion]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -126,6 +132,13 @@ class KeyCache:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Evict entries older than ``expiry_any`` and, every ``unused/2``, entries left unused."""
         now = time.monotonic()
+        if self.offline and self.expiry_offline > 0:
+            # The keystore is unreachable: keep serving cached keys, for at most `offline` each.
+            cutoff = now - self.expiry_offline
+            for name in [n for n, e in self._entries.items() if e.loaded <= cutoff]:
+                del self._entries[name]
+            self._schedule(loop)
+            return
         if self.expiry_any > 0:
             cutoff = now - self.expiry_any
             for name in [n for n, e in self._entries.items() if e.loaded <= cutoff]:

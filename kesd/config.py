@@ -144,6 +144,8 @@ class LogConfig:
 
     error_level: int = 0
     audit_level: int = 0
+    # Audit events go to the console only when `log.audit` is set (on or a level), as in the 2023 KES.
+    audit_console: bool = False
 
 
 _SECRET_SETTINGS = frozenset(
@@ -805,7 +807,12 @@ def _build_log(log: Mapping[str, Any], r: _Reader) -> LogConfig:
             levels[name] = parse_log_level(text)
         except ValueError as exc:
             raise r.error(str(exc), f"log.{name}", text) from None
-    return LogConfig(error_level=levels["error"], audit_level=levels["audit"])
+    audit_text = str(log.get("audit", "")).strip()
+    return LogConfig(
+        error_level=levels["error"],
+        audit_level=levels["audit"],
+        audit_console=bool(audit_text) and levels["audit"] <= parse_log_level("INFO"),
+    )
 
 
 def _build_api(api: Mapping[str, Any], r: _Reader) -> Mapping[str, RouteConfig]:

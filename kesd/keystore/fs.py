@@ -79,6 +79,7 @@ class FSKeyStore:
         try:
             fd = os.open(path, os.O_RDONLY | _O_FLAGS)
         except FileNotFoundError:
+            self._require_directory(errors.READ_FAILED)
             raise errors.KeyNotFound from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
@@ -106,6 +107,7 @@ class FSKeyStore:
         try:
             os.unlink(path)
         except FileNotFoundError:
+            self._require_directory(errors.DELETE_FAILED)
             raise errors.KeyNotFound from None
         except OSError as exc:
             log.error("deleting key file %s failed: %s", path, exc.strerror)
@@ -146,6 +148,12 @@ class FSKeyStore:
     def describe(self) -> str:
         """Human description."""
         return f"filesystem {self.path}"
+
+    def _require_directory(self, failure: str) -> None:
+        """A missing file means "no such key" only while the directory itself is there."""
+        if not os.path.isdir(self.path):
+            log.error("keystore directory %s is gone", self.path)
+            raise errors.KeystoreError(failure)
 
     def _sync_dir(self) -> None:
         """fsync the directory so that a created or removed entry survives a crash."""

@@ -11,7 +11,6 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,12 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from kesd import errors
+from kesd.audit import Auditor
 from kesd.crypto import format_time
+from kesd.metrics import RequestMetrics
+from kesd.metrics import render as render_metrics
 from kesd.policy import Authorizer
+from kesd.server.proxy import ProxyConfig
 from kesd.server.routes import Router, build_router
 from kesd.server.tls import server_context
 
@@ -29,9 +32,10 @@ if TYPE_CHECKING:
     from kesd.config import Config
     from kesd.keystore.base import KeyStore
     from kesd.server.http import HTTPConnection
-    from kesd.server.request import Request
 
 log = logging.getLogger("kesd.server")
+
+KEYSTORE_PROBE_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class State:
     authorizer: Authorizer
     router: Router
     tls: ssl.SSLContext
+    proxy: ProxyConfig | None = None
 
 
 def build_state(config: Config) -> State:
@@ -59,7 +64,13 @@ def build_state(config: Config) -> State:
         ca=config.tls.ca,
         optional_client_cert=router.any_skip_auth,
     )
-    return State(config=config, authorizer=authorizer, router=router, tls=tls)
+    proxy = None
+    if config.tls.proxy_identities:
+        proxy = ProxyConfig(
+            identities=frozenset(config.tls.proxy_identities),
+            header=config.tls.proxy_cert_header.lower().encode("latin-1"),
+        )
+    return State(config=config, authorizer=authorizer, router=router, tls=tls, proxy=proxy)
 
 
 class App:
@@ -75,31 +86,45 @@ class App:
         self.loop: Any = None  # set by serve() to the running loop
         self.requests_total = 0
         self.address = state.config.address  # the bound address once listening (port 0 resolved)
-        self.on_request: Callable[[Request | None, str, str, str, int, float], None] | None = None
-        self._process = psutil.Process()
+        self.metrics = RequestMetrics()
+        self.auditor = Auditor(to_log=state.config.log.audit_console)
+        self.process = psutil.Process()
+        self.keystore_unreachable = False
+        self.keystore_latency = 0.0
 
-    def record(
-        self, req: Request | None, path: str, identity: str, ip: str, status: int, seconds: float
-    ) -> None:
-        """Account for one answered request (audit and metrics hook)."""
+    def record(self, path: str, identity: str, ip: str, status: int, seconds: float) -> None:
+        """Account for one answered request: metrics and its one audit event."""
         self.requests_total += 1
-        if self.on_request is not None:
-            self.on_request(req, path, identity, ip, status, seconds)
+        self.metrics.observe(path, status, seconds)
+        self.auditor.record(path, identity, ip, status, seconds)
 
     def memory_figures(self) -> dict[str, int]:
         """Heap/stack figures for /v1/status (resident set size stands in for Go's heap)."""
-        info = self._process.memory_info()
+        info = self.process.memory_info()
         return {"mem_heap_used": int(info.rss), "mem_stack_used": 0}
 
     def metrics_text(self) -> bytes:
-        """Prometheus text for /v1/metrics (the full KES families come with the metrics module)."""
-        uptime = time.monotonic() - self.started_monotonic
-        lines = [
-            "# HELP kes_system_up_time The time the server has been up and running in seconds.",
-            "# TYPE kes_system_up_time gauge",
-            f"kes_system_up_time {int(uptime * 100) / 100}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
+        """Prometheus text for /v1/metrics."""
+        return render_metrics(self)
+
+    async def probe_keystore(self) -> None:
+        """Check the keystore (in a worker thread) and record reachability and latency.
+
+        While it is unreachable the key cache keeps serving the keys it holds (``cache.expiry.offline``).
+        """
+        start = time.monotonic()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.keystore.status)
+        except errors.KesError:
+            if not self.keystore_unreachable:
+                log.error("keystore %s is not reachable", self.keystore.describe())
+            self.keystore_unreachable = True
+        else:
+            if self.keystore_unreachable:
+                log.warning("keystore %s is reachable again", self.keystore.describe())
+            self.keystore_unreachable = False
+            self.keystore_latency = time.monotonic() - start
+        self.cache.offline = self.keystore_unreachable
 
     def sweep(self) -> None:
         """Enforce header and idle timeouts on every connection (runs once a second)."""
@@ -143,6 +168,13 @@ async def serve(app: App, sock: socket.socket, stop: asyncio.Event) -> None:
         handle[0] = loop.call_later(1.0, tick)
 
     handle: list[Any] = [loop.call_later(1.0, tick)]
+
+    async def probe_forever() -> None:
+        while True:
+            await app.probe_keystore()
+            await asyncio.sleep(KEYSTORE_PROBE_INTERVAL)
+
+    prober = loop.create_task(probe_forever())
     server = await loop.create_server(
         lambda: HTTPConnection(app), sock=sock, ssl=app.state.tls, ssl_handshake_timeout=10.0
     )
@@ -152,6 +184,7 @@ async def serve(app: App, sock: socket.socket, stop: asyncio.Event) -> None:
     finally:
         server.close()
         handle[0].cancel()
+        prober.cancel()
         app.cache.stop()
         deadline = loop.time() + 10.0
         while loop.time() < deadline:

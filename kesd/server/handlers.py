@@ -15,7 +15,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from kesd import __version__, errors, jsonfast
+from kesd import __version__, audit, errors, jsonfast
 from kesd.crypto import (
     Cipher,
     KeyVersion,
@@ -27,7 +27,7 @@ from kesd.crypto import (
     parse_cipher,
 )
 from kesd.names import list_prefix, valid_name, valid_pattern
-from kesd.server.request import EMPTY_OK, JSON, NDJSON, TEXT, Request, Response, json_response
+from kesd.server.request import EMPTY_OK, JSON, NDJSON, TEXT, Request, Response, Stream, json_response
 
 _b64 = binascii.b2a_base64
 
@@ -365,6 +365,19 @@ def list_identities(req: Request) -> Response:
         )
     rows.sort(key=lambda r: r["identity"])
     return (200, NDJSON, b"".join(jsonfast.dumps(r) for r in rows))
+
+
+# --- log streams -------------------------------------------------------------------------------
+
+
+def audit_log(_req: Request) -> Stream:
+    """GET /v1/log/audit: one JSON line per request from now on."""
+    return Stream(audit.subscribe("audit"))
+
+
+def error_log(_req: Request) -> Stream:
+    """GET /v1/log/error: one ``{"message"}`` line per error-log record from now on."""
+    return Stream(audit.subscribe("error"))
 
 
 def not_found(_req: Request | None = None) -> Response:

@@ -22,7 +22,8 @@ import httptools
 
 from kesd import errors
 from kesd.server import handlers
-from kesd.server.request import JSON, TEXT, Request, Response
+from kesd.server.proxy import forwarded_identity
+from kesd.server.request import JSON, TEXT, Request, Response, Stream
 from kesd.server.routes import CERT, NONE
 from kesd.server.tls import peer_identity
 
@@ -33,6 +34,7 @@ log = logging.getLogger("kesd.http")
 
 MAX_HEADER_BYTES = 64 * 1024
 READ_HEADER_TIMEOUT = 5.0
+STREAM_BUFFER_LIMIT = 256 * 1024
 IDLE_TIMEOUT = 90.0
 
 _REASONS = {
@@ -84,15 +86,40 @@ def error_response(err: errors.KesError) -> Response:
 
 
 class _Pending:
-    """A parsed request waiting for its turn on the connection."""
+    """A parsed request waiting for its turn on the connection, and what serving it learned."""
 
-    __slots__ = ("body", "keep_alive", "method", "url")
+    __slots__ = (
+        "body",
+        "forwarded",
+        "forwarded_for",
+        "identity",
+        "ip",
+        "keep_alive",
+        "method",
+        "path",
+        "start",
+        "url",
+    )
 
-    def __init__(self, method: str, url: bytes, body: bytes, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        method: str,
+        url: bytes,
+        body: bytes,
+        keep_alive: bool,
+        forwarded: list[bytes] | None,
+        forwarded_for: bytes,
+    ) -> None:
         self.method = method
         self.url = url
         self.body = body
         self.keep_alive = keep_alive
+        self.forwarded = forwarded
+        self.forwarded_for = forwarded_for
+        self.identity = ""
+        self.ip = ""
+        self.path = ""
+        self.start = 0.0
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -111,6 +138,11 @@ class HTTPConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._in_headers = False
         self._expect_continue = False
+        self._proxy_header = b""
+        self.is_proxy = False
+        self._forwarded: list[bytes] = []
+        self._forwarded_for = b""
+        self._stream: Any = None
         self._busy = False
         self._closing = False
         self._backlog: deque[_Pending] = deque()
@@ -123,6 +155,10 @@ class HTTPConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self.transport = transport
         self.identity, self.identity_error = peer_identity(transport.get_extra_info("ssl_object"))
+        proxy = self.app.state.proxy
+        if proxy is not None and self.identity in proxy.identities:
+            self.is_proxy = True
+            self._proxy_header = proxy.header
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
         self.last_activity = self.app.loop.time()
@@ -131,6 +167,8 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.app.connections.discard(self)
+        if self._stream is not None:
+            self._stream.close()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.app.loop.time()
@@ -140,6 +178,19 @@ class HTTPConnection(asyncio.Protocol):
             self._send_and_close(400, TEXT, b"upgrades are not supported\n")
         except httptools.HttpParserError:
             self._send_and_close(400, TEXT, b"400 Bad Request\n")
+
+    def _send_and_close(self, status: int, headers: bytes, body: bytes) -> None:
+        """Answer a request that could not be parsed (audited like every other) and hang up."""
+        path = unquote(self._url.partition(b"?")[0].decode("utf-8", "replace"))
+        self.app.record(path, self.identity, self.ip, status, 0.0)
+        if not self._closing:
+            self.transport.write(
+                _status_line(status)
+                + headers
+                + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
+            )
+        self._close()
 
     def check_timeouts(self, now: float) -> None:
         """Close the connection if a header is too slow or it has been idle too long (called ~1/s)."""
@@ -154,6 +205,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def close_if_idle(self) -> bool:
         """Close now if no request is being served (graceful shutdown); True if closed."""
+        if self._stream is not None:
+            self._close()
+            return True
         if self._busy or self._in_headers:
             return False
         self._close()
@@ -167,6 +221,9 @@ class HTTPConnection(asyncio.Protocol):
         self._body_size = 0
         self._header_bytes = 0
         self._in_headers = True
+        if self.is_proxy:
+            self._forwarded = []
+            self._forwarded_for = b""
         self.header_started = self.last_activity
 
     def on_url(self, url: bytes) -> None:
@@ -181,6 +238,12 @@ class HTTPConnection(asyncio.Protocol):
             raise httptools.HttpParserError("headers too large")
         if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif self._proxy_header and self.is_proxy:
+            lower = name.lower()
+            if lower == self._proxy_header:
+                self._forwarded.append(value)
+            elif lower == b"x-forwarded-for":
+                self._forwarded_for = value
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -200,7 +263,12 @@ class HTTPConnection(asyncio.Protocol):
         body = b"".join(self._body) if self._body else b""
         self._body = []
         request = _Pending(
-            self.parser.get_method().decode(), self._url, body, self.parser.should_keep_alive()
+            self.parser.get_method().decode(),
+            self._url,
+            body,
+            self.parser.should_keep_alive(),
+            self._forwarded if self.is_proxy else None,
+            self._forwarded_for,
         )
         if self._busy:
             self._backlog.append(request)
@@ -214,64 +282,63 @@ class HTTPConnection(asyncio.Protocol):
         """Route, authorize and answer one request; start a task if the handler is asynchronous."""
         app = self.app
         state = app.state
-        start = time.perf_counter()
-        raw_path, _, _query = pending.url.partition(b"?")
-        try:
-            path = unquote(raw_path.decode("utf-8", "surrogateescape"), errors="surrogateescape")
-        except UnicodeError:
-            path = ""
-        req: Request | None = None
+        pending.start = time.perf_counter()
+        pending.identity, pending.ip = self.identity, self.ip
+        raw_path, _, query = pending.url.partition(b"?")
+        path = pending.path = unquote(raw_path.decode("utf-8", "surrogateescape"), errors="surrogateescape")
         try:
             if not path.startswith("/"):
                 raise errors.KesError("invalid request path", 400)
             clean = _clean_path(path)
             if clean != path:
-                return self._finish(pending, _redirect(clean, _query), start, None, path)
+                return self._finish(pending, _redirect(clean, query))
             found = state.router.match(path)
             if found is None:
                 if state.router.is_subtree_root(path):
-                    return self._finish(pending, _redirect(path + "/", _query), start, None, path)
-                return self._finish(pending, handlers.not_found(), start, None, path)
+                    return self._finish(pending, _redirect(path + "/", query))
+                return self._finish(pending, handlers.not_found())
             route, arg = found
             if not route.accepts(pending.method):
                 raise errors.MethodNotAllowed(pending.method, route.method)
+            identity_error = self.identity_error
+            if pending.forwarded is not None:
+                pending.identity, pending.ip, identity_error = forwarded_identity(
+                    state.proxy, pending.forwarded, pending.forwarded_for, self.ip
+                )
             if route.auth != NONE and not route.skip_auth:
-                if self.identity_error is not None:
-                    raise self.identity_error
+                if identity_error is not None:
+                    raise identity_error
                 if route.auth != CERT:
-                    state.authorizer.authorize(self.identity, path)
+                    state.authorizer.authorize(pending.identity, path)
             if len(pending.body) > route.max_body:
                 raise route.body_error
-            req = Request(app, state, pending.method, path, arg, pending.body, self.identity, self.ip)
+            req = Request(app, state, pending.method, path, arg, pending.body, pending.identity, pending.ip)
             result = route.handler(req)
         except errors.KesError as err:
-            return self._finish(pending, error_response(err), start, req, path)
+            return self._finish(pending, error_response(err))
         except Exception:
             log.exception("internal error serving %s", path)
-            return self._finish(pending, error_response(errors.InternalError()), start, req, path)
+            return self._finish(pending, error_response(errors.InternalError()))
         if type(result) is tuple:
-            return self._finish(pending, result, start, req, path)
+            return self._finish(pending, result)
+        if isinstance(result, Stream):
+            return self._start_stream(pending, result)
         self._busy = True
         self.requests_in_flight += 1
         task = app.loop.create_task(result)  # type: ignore[arg-type]
-        timer = app.loop.call_later(route.timeout, self._timed_out, task, path)
-        task.add_done_callback(lambda t: self._task_done(t, pending, start, req, path, timer))
+        timer = app.loop.call_later(route.timeout, self._timed_out, task, path) if route.timeout > 0 else None
+        task.add_done_callback(lambda t: self._task_done(t, pending, timer))
         return None
 
     def _task_done(
-        self,
-        task: asyncio.Task[Response],
-        pending: _Pending,
-        start: float,
-        req: Request | None,
-        path: str,
-        timer: asyncio.TimerHandle,
+        self, task: asyncio.Task[Response], pending: _Pending, timer: asyncio.TimerHandle | None
     ) -> None:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         self.requests_in_flight -= 1
         self._busy = False
         if task.cancelled():
-            self.app.record(req, path, self.identity, self.ip, 0, time.perf_counter() - start)
+            self._account(pending, 503)
             self._close()
             return
         exc = task.exception()
@@ -280,9 +347,9 @@ class HTTPConnection(asyncio.Protocol):
         elif isinstance(exc, errors.KesError):
             response = error_response(exc)
         else:
-            log.error("internal error serving %s", path, exc_info=exc)
+            log.error("internal error serving %s", pending.path, exc_info=exc)
             response = error_response(errors.InternalError())
-        self._finish(pending, response, start, req, path)
+        self._finish(pending, response)
         while self._backlog and not self._busy and not self._closing:
             self._serve(self._backlog.popleft())
         if not self._backlog and not self._closing:
@@ -293,14 +360,19 @@ class HTTPConnection(asyncio.Protocol):
         log.warning("request %s timed out; closing the connection", path)
         task.cancel()
 
-    def _finish(
-        self, pending: _Pending, response: Response, start: float, req: Request | None, path: str
-    ) -> None:
+    def _account(self, pending: _Pending, status: int) -> None:
+        """Metrics and the request's one audit event."""
+        self.app.record(
+            pending.path, pending.identity, pending.ip, status, time.perf_counter() - pending.start
+        )
+
+    def _finish(self, pending: _Pending, response: Response) -> None:
         """Write the response, account for it, and close if the client asked to."""
         status, headers, body = response
+        self._account(pending, status)
         if self._closing:
             return
-        out = (
+        self.transport.write(
             _status_line(status)
             + _Clock.date()
             + headers
@@ -309,20 +381,44 @@ class HTTPConnection(asyncio.Protocol):
             + (b"\r\n\r\n" if pending.keep_alive else b"\r\nConnection: close\r\n\r\n")
             + body
         )
-        self.transport.write(out)
-        self.app.record(req, path, self.identity, self.ip, status, time.perf_counter() - start)
         if not pending.keep_alive:
             self._close()
 
-    def _send_and_close(self, status: int, headers: bytes, body: bytes) -> None:
-        if not self._closing:
-            self.transport.write(
-                _status_line(status)
-                + headers
-                + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                + body
-            )
-        self._close()
+    # --- log streams --------------------------------------------------------------------------
+
+    def _start_stream(self, pending: _Pending, stream: Stream) -> None:
+        """Answer 200 and then send every event as one chunk until the client goes away."""
+        self._account(pending, 200)
+        if self._closing:
+            stream.subscription.close()
+            return
+        self._busy = True
+        self.requests_in_flight += 1
+        self._stream = stream.subscription
+        self.transport.write(
+            _status_line(200)
+            + _Clock.date()
+            + b"Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.app.loop.create_task(self._pump(stream.subscription))
+
+    async def _pump(self, subscription: Any) -> None:
+        """Copy lines to the client; while its socket buffer is full, the subscription drops them."""
+        try:
+            while not self._closing:
+                await subscription.wait()
+                if self._closing:
+                    break
+                if self.transport.get_write_buffer_size() > STREAM_BUFFER_LIMIT:
+                    await asyncio.sleep(0.05)  # leave lines queued; the bounded queue drops the excess
+                    continue
+                lines = subscription.pending()
+                if lines:
+                    data = b"".join(lines)
+                    self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        finally:
+            subscription.close()
+            self.requests_in_flight -= 1
 
     def _close(self) -> None:
         if not self._closing:

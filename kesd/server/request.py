@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kesd.server.app import App, State
@@ -38,3 +38,12 @@ class Request:
 def json_response(body: bytes, status: int = 200) -> Response:
     """A JSON response from already-encoded bytes."""
     return (status, JSON, body)
+
+
+class Stream:
+    """A handler's answer for the log routes: stream this subscription's lines until disconnect."""
+
+    __slots__ = ("subscription",)
+
+    def __init__(self, subscription: Any) -> None:
+        self.subscription = subscription

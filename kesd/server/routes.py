@@ -15,9 +15,9 @@ from kesd import errors
 from kesd.server import handlers
 
 if TYPE_CHECKING:
-    from kesd.server.request import Request, Response
+    from kesd.server.request import Request, Response, Stream
 
-Handler = Callable[["Request"], "Response | Awaitable[Response]"]
+Handler = Callable[["Request"], "Response | Stream | Awaitable[Response]"]
 
 MB = 1_000_000
 
@@ -65,6 +65,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/identity/describe/", 0, 15, VERIFY, handlers.describe_identity),
     Route("GET", "/v1/identity/self/describe", 0, 15, CERT, handlers.describe_self),
     Route("GET", "/v1/identity/list/", 0, 15, VERIFY, handlers.list_identities),
+    Route("GET", "/v1/log/error", 0, 0, VERIFY, handlers.error_log),
+    Route("GET", "/v1/log/audit", 0, 0, VERIFY, handlers.audit_log),
 )
 
 
