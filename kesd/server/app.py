@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from kesd import errors
-from kesd.audit import Auditor
+from kesd.audit import Auditor, configure_audit_log, install_error_stream
 from kesd.crypto import format_time
 from kesd.metrics import RequestMetrics
 from kesd.metrics import render as render_metrics
@@ -88,6 +88,8 @@ class App:
         self.address = state.config.address  # the bound address once listening (port 0 resolved)
         self.metrics = RequestMetrics()
         self.auditor = Auditor(to_log=state.config.log.audit_console)
+        configure_audit_log(state.config.log.audit_console)
+        install_error_stream()
         self.process = psutil.Process()
         self.keystore_unreachable = False
         self.keystore_latency = 0.0
