@@ -16,7 +16,7 @@ import time
 from collections import deque
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import httptools
 
@@ -440,7 +440,7 @@ def _clean_path(path: str) -> str:
 
 def _redirect(location: str, query: bytes) -> Response:
     """A 301 to the canonical path, keeping the query (what Go's ServeMux does)."""
-    target = location.encode("utf-8", "surrogateescape")
+    target = quote(location, safe="/!$&'()*+,;=:@-._~", errors="surrogateescape").encode()
     if query:
         target += b"?" + query
     body = b'<a href="' + target + b'">Moved Permanently</a>.\n\n'
