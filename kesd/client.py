@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import http.client
 import json
+import math
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -24,6 +27,7 @@ from kesd import __version__, identity
 
 DEFAULT_ENDPOINT = "127.0.0.1:7373"
 _MAX_ERROR_BODY = 1 << 20
+_MAX_EVENT = 1 << 20  # longest log-stream line read as one (a longer one fails to parse)
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NDJSON = "application/x-ndjson"
 # Characters Go's url.PathEscape leaves alone besides the unreserved ones.
@@ -118,21 +122,239 @@ def unb64(text: Any) -> bytes:
 def parse_list(content_type: str, body: bytes, field: str, legacy_field: str) -> tuple[list[str], str]:
     """Decode one list page: ``{field: [...], continue_at}`` or an ndjson stream of ``{legacy_field}``.
 
-    Returns the names and the continuation point ('' = last page). An ndjson ``error`` line raises.
+    Also accepts a bare JSON array of names (2019-2021 policy lists). Returns the names and the
+    continuation point ('' = last page). An ndjson ``error`` line raises :class:`APIError`; an
+    answer that is none of these raises ``ValueError``.
     """
-    if content_type == _NDJSON:
+    if _media_type(content_type) == _NDJSON:
         names = []
         for line in body.splitlines():
             if not line.strip():
                 continue
-            item = json.loads(line)
+            item = _json_value(line, "list")
+            if not isinstance(item, dict):
+                raise ValueError("the server sent an invalid list entry")
             error = item.get("error")
             if error:
                 raise APIError(500, str(error))
             names.append(str(item.get(legacy_field, "")))
         return names, ""
-    doc = json.loads(body) if body.strip() else {}
+    doc = _json_value(body, "list") if body.strip() else {}
+    if isinstance(doc, list):
+        return [str(n) for n in doc], ""
+    if not isinstance(doc, dict):
+        raise ValueError("the server sent an invalid list response")
     return [str(n) for n in doc.get(field) or []], str(doc.get("continue_at") or "")
+
+
+def _media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower-cased, without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _json_value(data: bytes, what: str) -> Any:
+    """Parse JSON from the server, or fail with a ``ValueError`` naming what was expected."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ValueError(f"the server sent an invalid {what} response") from None
+
+
+def rules(value: Any) -> list[str]:
+    """Policy patterns from a ``{pattern: {}}`` map (newest) or a list of patterns (2019-2023)."""
+    if isinstance(value, dict | list):
+        return [str(p) for p in value]
+    return []
+
+
+def normalize_policy(doc: Any) -> dict[str, Any]:
+    """A policy read answer as ``{"name"?, "allow": [...], "deny": [...], "created_at"?, "created_by"?}``."""
+    if not isinstance(doc, dict):
+        raise ValueError("the server sent an invalid policy")
+    policy: dict[str, Any] = {k: doc[k] for k in ("name", "created_at", "created_by") if doc.get(k)}
+    policy["allow"] = rules(doc.get("allow"))
+    policy["deny"] = rules(doc.get("deny"))
+    return policy
+
+
+def normalize_self(doc: Any) -> dict[str, Any]:
+    """A self-describe answer of any KES era in the newest SDK's flat shape (reference §1.3, §1.4).
+
+    Result: ``identity``, ``admin`` (bool), ``policy`` (name, '' if none), ``allow``/``deny``
+    (pattern lists) and, when known, ``created_at``/``created_by``.
+    """
+    if not isinstance(doc, dict):
+        raise ValueError("the server sent an invalid identity description")
+    nested = doc.get("policy") if isinstance(doc.get("policy"), dict) else {}
+    name = doc.get("policy") if isinstance(doc.get("policy"), str) else ""
+    name = name or doc.get("policy_name") or nested.get("name") or ""
+    flat: dict[str, Any] = {
+        "identity": str(doc.get("identity") or ""),
+        "admin": bool(doc.get("admin")),
+        "policy": str(name),
+        "allow": rules(doc.get("allow") if "allow" in doc else nested.get("allow")),
+        "deny": rules(doc.get("deny") if "deny" in doc else nested.get("deny")),
+    }
+    for key in ("created_at", "created_by"):
+        if doc.get(key):
+            flat[key] = doc[key]
+    return flat
+
+
+# --- log streams ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditEvent:
+    """One line of the audit stream: when, who, from where, which path, status and duration (ns)."""
+
+    time: str
+    path: str
+    identity: str
+    ip: str
+    status: int
+    duration_ns: int
+
+
+def parse_audit_event(line: bytes | str) -> AuditEvent:
+    """Decode one audit-stream line (reference §1.3); ``response.time`` is nanoseconds as the SDK reads it."""
+    doc = _json_value(line.encode() if isinstance(line, str) else line, "audit event")
+    if not isinstance(doc, dict):
+        raise ValueError("the server sent an invalid audit event")
+    request = doc.get("request") if isinstance(doc.get("request"), dict) else {}
+    response = doc.get("response") if isinstance(doc.get("response"), dict) else {}
+    return AuditEvent(
+        time=str(doc.get("time") or ""),
+        path=str(request.get("path") or ""),
+        identity=str(request.get("identity") or ""),
+        ip=str(request.get("ip") or ""),
+        status=_int(response.get("code")),
+        duration_ns=_int(response.get("time")),
+    )
+
+
+def parse_error_event(line: bytes | str) -> str:
+    """The message of one error-stream line ``{"message": …}``."""
+    doc = _json_value(line.encode() if isinstance(line, str) else line, "error event")
+    if not isinstance(doc, dict):
+        raise ValueError("the server sent an invalid error event")
+    return str(doc.get("message") or "")
+
+
+def _int(value: Any) -> int:
+    """An integer JSON field (bools and non-numbers count as 0, floats are truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+# (field, family) pairs of the single-sample families; the SDK's Metric struct in this order.
+_GAUGES = (
+    ("request_active", "kes_http_request_active"),
+    ("audit_events", "kes_log_audit_events"),
+    ("error_events", "kes_log_error_events"),
+    ("uptime", "kes_system_up_time"),
+    ("cpus", "kes_system_num_cpu"),
+    ("usable_cpus", "kes_system_num_cpu_used"),
+    ("threads", "kes_system_num_threads"),
+    ("heap_alloc", "kes_system_mem_heap_used"),
+    ("heap_objects", "kes_system_mem_heap_objects"),
+    ("stack_alloc", "kes_system_mem_stack_used"),
+)
+_REQUESTS = (
+    ("request_ok", "kes_http_request_success"),
+    ("request_err", "kes_http_request_error"),
+    ("request_fail", "kes_http_request_failure"),
+)
+_LATENCY = "kes_http_response_time"
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LE = re.compile(r'le="([^"]*)"')
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    """A snapshot of the server's metrics (``/v1/metrics``); absent families count as zero."""
+
+    request_ok: int = 0
+    request_err: int = 0
+    request_fail: int = 0
+    request_active: int = 0
+    audit_events: int = 0
+    error_events: int = 0
+    # Histogram buckets: upper bound in seconds -> cumulative count (+Inf left out).
+    latency: dict[float, int] = dataclasses.field(default_factory=dict)
+    latency_sum: float | None = None  # seconds, from the histogram's _sum
+    latency_count: int | None = None
+    uptime: float = 0.0  # seconds
+    cpus: int = 0
+    usable_cpus: int = 0
+    threads: int = 0
+    heap_alloc: int = 0
+    heap_objects: int = 0
+    stack_alloc: int = 0
+
+    @property
+    def requests(self) -> int:
+        """All counted requests: 2xx + 4xx + 5xx."""
+        return self.request_ok + self.request_err + self.request_fail
+
+    def average_latency(self) -> float | None:
+        """Mean response time in seconds: exact from ``_sum/_count``, else estimated from the buckets."""
+        if self.latency_count:
+            return (self.latency_sum or 0.0) / self.latency_count
+        total, previous, weighted = 0, 0, 0.0
+        for bound in sorted(self.latency):
+            count = self.latency[bound]
+            weighted += bound * max(0, count - previous)
+            total, previous = count, count
+        return weighted / total if total else None
+
+
+def parse_metrics(text: str) -> Metrics:
+    """Read the KES families out of a Prometheus text exposition (reference §1.3, vectors/metrics.json).
+
+    Counters may carry a ``_total`` suffix; labelled request counters are summed over their labels;
+    unknown families and malformed lines are ignored.
+    """
+    values: dict[str, float] = {}
+    buckets: dict[float, int] = {}
+    summed = {family: 0.0 for _, family in _REQUESTS}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        name, labels, raw = match.groups()
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if math.isnan(value):
+            continue
+        base = name.removesuffix("_total")
+        if base in summed:
+            summed[base] += value
+        elif name == _LATENCY + "_bucket":
+            le = _LE.search(labels or "")
+            if le is not None and le.group(1) not in ("+Inf", "Inf"):
+                try:
+                    buckets[float(le.group(1))] = int(value)
+                except ValueError:
+                    continue
+        else:
+            values.setdefault(base, value)
+    fields: dict[str, Any] = {attr: int(summed[family]) for attr, family in _REQUESTS}
+    for attr, family in _GAUGES:
+        if family in values:
+            fields[attr] = values[family] if attr == "uptime" else int(values[family])
+    if _LATENCY + "_sum" in values:
+        fields["latency_sum"] = values[_LATENCY + "_sum"]
+    if _LATENCY + "_count" in values:
+        fields["latency_count"] = int(values[_LATENCY + "_count"])
+    return Metrics(latency=buckets, **fields)
 
 
 class Client:
@@ -267,7 +489,14 @@ class Client:
         """A request with an optional JSON body whose answer is JSON."""
         body = None if doc is None else json.dumps(doc, separators=(",", ":")).encode()
         _, _, data = self.request(method, path, body, content_type="application/json")
-        return json.loads(data) if data.strip() else None
+        return _json_value(data, "JSON") if data.strip() else None
+
+    def _object(self, path: str, what: str) -> dict[str, Any]:
+        """A GET whose answer must be one JSON object."""
+        doc = self._json("GET", path)
+        if not isinstance(doc, dict):
+            raise ValueError(f"the server sent an invalid {what}")
+        return doc
 
     def _list(self, base: str, prefix: str, field: str, legacy_field: str) -> list[str]:
         """Collect all pages of a listing the way the SDK's ``ListIter`` walks them."""
@@ -290,16 +519,18 @@ class Client:
 
     def version(self) -> str:
         """The server's version string (``GET /version``)."""
-        doc = self._json("GET", "/version")
-        return str((doc or {}).get("version", ""))
+        return str(self._object("/version", "version").get("version", ""))
 
     def status(self) -> dict[str, Any]:
         """The server status document (``GET /v1/status``)."""
-        return self._json("GET", "/v1/status") or {}
+        return self._object("/v1/status", "status")
 
     def api(self) -> list[dict[str, Any]]:
         """The server's route table (``GET /v1/api``)."""
-        return self._json("GET", "/v1/api") or []
+        doc = self._json("GET", "/v1/api")
+        if not isinstance(doc, list) or not all(isinstance(item, dict) for item in doc):
+            raise ValueError("the server sent an invalid API list")
+        return doc
 
     def ready(self) -> bool:
         """True if the server answers ``GET /v1/ready`` with 200."""
@@ -319,7 +550,7 @@ class Client:
 
     def describe_key(self, name: str) -> dict[str, Any]:
         """Name, algorithm, creation time and creator of a key."""
-        return self._json("GET", route("/v1/key/describe", name)) or {}
+        return self._object(route("/v1/key/describe", name), "key description")
 
     def list_keys(self, pattern: str = "*") -> list[str]:
         """The names of all keys matching ``pattern`` (a prefix, ``*`` = all)."""
@@ -355,7 +586,8 @@ class Client:
         """HMAC-SHA256 of ``message`` under key ``name`` (PUT, no Content-Type, like the SDK)."""
         body = json.dumps({"message": b64(message)}, separators=(",", ":")).encode()
         _, _, data = self.request("PUT", route("/v1/key/hmac", name), body)
-        return unb64(json.loads(data).get("hmac"))
+        answer = _json_value(data, "HMAC")
+        return unb64(answer.get("hmac") if isinstance(answer, dict) else None)
 
     def list_policies(self, pattern: str = "*") -> list[str]:
         """The names of all policies matching ``pattern``."""
@@ -363,11 +595,11 @@ class Client:
 
     def describe_policy(self, name: str) -> dict[str, Any]:
         """Creation time and creator of a policy."""
-        return self._json("GET", route("/v1/policy/describe", name)) or {}
+        return self._object(route("/v1/policy/describe", name), "policy description")
 
     def read_policy(self, name: str) -> dict[str, Any]:
-        """A policy's allow and deny rules."""
-        return self._json("GET", route("/v1/policy/read", name)) or {}
+        """A policy's allow and deny patterns (as lists) and, if sent, its name and creation details."""
+        return normalize_policy(self._json("GET", route("/v1/policy/read", name)))
 
     def list_identities(self, pattern: str = "*") -> list[str]:
         """All identities matching ``pattern``."""
@@ -375,11 +607,78 @@ class Client:
 
     def describe_identity(self, identity: str) -> dict[str, Any]:
         """Policy, role and creation details of an identity."""
-        return self._json("GET", route("/v1/identity/describe", identity)) or {}
+        return self._object(route("/v1/identity/describe", identity), "identity description")
 
     def describe_self(self) -> dict[str, Any]:
-        """What the server knows about the caller's own identity."""
-        return self._json("GET", "/v1/identity/self/describe") or {}
+        """What the server knows about the caller's identity (flat shape, see :func:`normalize_self`)."""
+        return normalize_self(self._json("GET", "/v1/identity/self/describe"))
+
+    def metrics(self) -> Metrics:
+        """The server's metrics (``GET /v1/metrics``, Prometheus text)."""
+        _, _, data = self.request("GET", "/v1/metrics")
+        return parse_metrics(data.decode("utf-8", errors="replace"))
+
+    def audit_log(self) -> Stream:
+        """Follow ``/v1/log/audit``: an open :class:`Stream` of raw ndjson event lines."""
+        return self.stream("/v1/log/audit")
+
+    def error_log(self) -> Stream:
+        """Follow ``/v1/log/error``: an open :class:`Stream` of raw ndjson event lines."""
+        return self.stream("/v1/log/error")
+
+    def stream(self, path: str) -> Stream:
+        """GET ``path`` on a connection of its own and return the open answer as a :class:`Stream`.
+
+        The status is checked at once: an error answer raises :class:`APIError`.
+        """
+        conn = self._connect()
+        try:
+            conn.request("GET", path, headers={"User-Agent": f"kesd-client/{__version__}"})
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raise parse_error(resp.status, resp.getheader("Content-Type", "") or "", resp.read())
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise ConnectionError(f"request to {self.endpoint} failed: {_reason(err)}") from err
+        except APIError:
+            conn.close()
+            raise
+        if conn.sock is not None:
+            conn.sock.settimeout(None)  # events may be minutes apart
+        return Stream(conn, resp, self.endpoint)
+
+
+class Stream:
+    """An endless ndjson answer (a log stream): iterate for its lines, close to hang up."""
+
+    def __init__(
+        self, conn: http.client.HTTPSConnection, resp: http.client.HTTPResponse, endpoint: str
+    ) -> None:
+        self._conn = conn
+        self._resp = resp
+        self._endpoint = endpoint
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Each non-empty line (without its line break) as it arrives, until the server ends the stream."""
+        while True:
+            try:
+                line = self._resp.readline(_MAX_EVENT)
+            except (OSError, http.client.HTTPException) as err:
+                raise ConnectionError(f"log stream from {self._endpoint} broke: {_reason(err)}") from err
+            if not line:
+                return
+            if line.strip():
+                yield line.rstrip(b"\r\n")
+
+    def close(self) -> None:
+        """Hang up."""
+        self._conn.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- TLS ---------------------------------------------------------------------------------------

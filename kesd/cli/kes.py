@@ -1,4 +1,5 @@
-"""``kes``: the KES command-line client — keys, identities — and ``kes server``.
+"""``kes``: the KES command-line client — keys, policies, identities, status, metrics, logs — and
+``kes server``.
 
 Commands, flags, environment variables and printed layouts follow KES's own ``kes`` tool so that
 existing scripts and walkthroughs keep working.
@@ -10,11 +11,14 @@ import base64
 import binascii
 import contextlib
 import functools
+import http.client
 import importlib
 import ipaddress
 import os
 import re
 import ssl
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,7 +32,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kesd import __version__, identity
 from kesd.cli import output
-from kesd.client import DEFAULT_ENDPOINT, APIError, Client, is_untrusted_certificate
+from kesd.client import (
+    DEFAULT_ENDPOINT,
+    APIError,
+    Client,
+    is_untrusted_certificate,
+    parse_audit_event,
+    parse_error_event,
+)
 
 SERVER_ENV = ["MINIO_KES_SERVER", "KES_SERVER", "MINIO_KMS_KES_ENDPOINT"]
 API_KEY_ENV = ["MINIO_KES_API_KEY", "KES_API_KEY", "MINIO_KMS_KES_API_KEY"]
@@ -70,76 +81,89 @@ class Connection:
     insecure: bool = False
 
 
-_CONNECTION_OPTIONS = [
-    click.option(
-        "-s",
-        "--server",
-        envvar=SERVER_ENV,
-        default=DEFAULT_ENDPOINT,
-        show_default=True,
-        show_envvar=True,
-        metavar="HOST[:PORT]",
-        help="KES server endpoint(s), comma-separated.",
-    ),
-    click.option(
-        "-a",
-        "--api-key",
-        envvar=API_KEY_ENV,
-        show_envvar=True,
-        metavar="KEY",
-        help="API key (kes:v1:…) to authenticate with.",
-    ),
-    click.option(
-        "--cert",
-        "cert_file",
-        envvar=CERT_ENV,
-        show_envvar=True,
-        metavar="FILE",
-        help="Client certificate file (instead of an API key).",
-    ),
-    click.option(
-        "--key",
-        "key_file",
-        envvar=KEY_ENV,
-        show_envvar=True,
-        metavar="FILE",
-        help="Private key file of the client certificate.",
-    ),
-    click.option(
-        "--ca",
-        envvar=CA_ENV,
-        show_envvar=True,
-        metavar="PATH",
-        help="CA certificate file or directory to verify the server with.",
-    ),
-    click.option("-k", "--insecure", is_flag=True, help="Skip verification of the server's certificate."),
-    click.option("-e", "--enclave", metavar="NAME", hidden=True, help="Accepted and ignored."),
-]
+def _connection_option_list(short_server: bool) -> list[Callable[..., Any]]:
+    """The server/credential flags; ``short_server`` gives ``--server`` its ``-s`` alias."""
+    server_names = ("-s", "--server") if short_server else ("--server",)
+    return [
+        click.option(
+            *server_names,
+            "server",
+            envvar=SERVER_ENV,
+            default=DEFAULT_ENDPOINT,
+            show_default=True,
+            show_envvar=True,
+            metavar="HOST[:PORT]",
+            help="KES server endpoint(s), comma-separated.",
+        ),
+        click.option(
+            "-a",
+            "--api-key",
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            metavar="KEY",
+            help="API key (kes:v1:…) to authenticate with.",
+        ),
+        click.option(
+            "--cert",
+            "cert_file",
+            envvar=CERT_ENV,
+            show_envvar=True,
+            metavar="FILE",
+            help="Client certificate file (instead of an API key).",
+        ),
+        click.option(
+            "--key",
+            "key_file",
+            envvar=KEY_ENV,
+            show_envvar=True,
+            metavar="FILE",
+            help="Private key file of the client certificate.",
+        ),
+        click.option(
+            "--ca",
+            envvar=CA_ENV,
+            show_envvar=True,
+            metavar="PATH",
+            help="CA certificate file or directory to verify the server with.",
+        ),
+        click.option("-k", "--insecure", is_flag=True, help="Skip verification of the server's certificate."),
+        click.option("-e", "--enclave", metavar="NAME", hidden=True, help="Accepted and ignored."),
+    ]
 
 
-def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the server/credential flags to a command and pass them on as one ``conn`` argument."""
+def _with_connection(short_server: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding the connection flags and passing them on as one ``conn`` argument."""
 
-    @functools.wraps(command)
-    def wrapper(
-        *args: Any,
-        server: str,
-        api_key: str | None,
-        cert_file: str | None,
-        key_file: str | None,
-        ca: str | None,
-        insecure: bool,
-        enclave: str | None,
-        **kwargs: Any,
-    ) -> Any:
-        del enclave  # accepted for compatibility; a KES server has no enclaves any more
-        api_key, cert_file, key_file = _credentials(api_key or None, cert_file or None, key_file or None)
-        conn = Connection(server, api_key, cert_file, key_file, ca or None, insecure)
-        return command(*args, conn=conn, **kwargs)
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(
+            *args: Any,
+            server: str,
+            api_key: str | None,
+            cert_file: str | None,
+            key_file: str | None,
+            ca: str | None,
+            insecure: bool,
+            enclave: str | None,
+            **kwargs: Any,
+        ) -> Any:
+            del enclave  # accepted for compatibility; a KES server has no enclaves any more
+            api_key, cert_file, key_file = _credentials(api_key or None, cert_file or None, key_file or None)
+            conn = Connection(server, api_key, cert_file, key_file, ca or None, insecure)
+            return command(*args, conn=conn, **kwargs)
 
-    for option in reversed(_CONNECTION_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
+        for option in reversed(_connection_option_list(short_server)):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+connection_options = _with_connection(short_server=True)
+"""Add the server/credential flags (``-s/--server``, ``-a/--api-key``, …) to a command."""
+
+connection_options_long_server = _with_connection(short_server=False)
+"""The same flags, but ``--server`` has no ``-s`` alias (``kes status`` uses ``-s`` for ``--short``)."""
 
 
 def _credentials(
@@ -190,8 +214,12 @@ def session(conn: Connection) -> Iterator[Client]:
         raise click.ClickException(
             err.message.rstrip() or f"server answered with status {err.status}"
         ) from err
+    except BrokenPipeError:
+        raise  # our output went away (the client wraps its own socket errors): not a server problem
     except ConnectionError as err:
         raise click.ClickException(_connection_failure(err, conn)) from err
+    except ValueError as err:  # the client's "the server sent an invalid …"
+        raise click.ClickException(str(err)) from err
     finally:
         client.close()
 
@@ -244,7 +272,10 @@ def _connection_failure(err: ConnectionError, conn: Connection) -> str:
             f"{err}. The server's certificate is not trusted: use -k/--insecure to skip the check, "
             f"or --ca FILE (${CA_ENV}) to trust its issuer"
         )
-    if isinstance(err.__cause__, ssl.SSLError) and not (conn.api_key or conn.cert):
+    # Without a certificate, a server that requires one ends the connection after the handshake:
+    # with a TLS alert, or (some servers) with a bare close.
+    refused = (ssl.SSLError, http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    if isinstance(err.__cause__, refused) and not (conn.api_key or conn.cert):
         return (
             f"{err}. The server probably requires a client certificate: use -a/--api-key "
             f"(${API_KEY_ENV[1]}) or ${CERT_ENV[1]} and ${KEY_ENV[1]}"
@@ -719,3 +750,312 @@ def _first_block(data: bytes, kind: bytes) -> bytes:
     start = data.index(begin)
     stop = data.index(end, start) + len(end)
     return data[start:stop] + b"\n"
+
+
+# --- kes identity info / ls ---------------------------------------------------------------------
+
+
+@identity_group.command("info", context_settings=CONTEXT)
+@click.argument("identity_arg", required=False, metavar="[IDENTITY]")
+@json_option
+@color_option
+@connection_options
+def identity_info(identity_arg: str | None, as_json: bool, color: str, conn: Connection) -> None:
+    """Show the policy, role and creator of an identity.
+
+    Without IDENTITY, describe the identity this command authenticates
+    with, including its policy's rules.
+
+    \b
+    Examples:
+      $ kes identity info
+      $ kes identity info 3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22
+    """
+    with session(conn) as client:
+        if identity_arg is None:
+            own = client.describe_self()
+            _emit(output.self_info_json(own) if as_json else output.self_info(own))
+            return
+        info = client.describe_identity(identity_arg)
+    if as_json:
+        _emit(output.compact_json({"identity": identity_arg, **info}))
+    else:
+        _emit(output.identity_info(identity_arg, info))
+
+
+@identity_group.command("ls", context_settings=CONTEXT)
+@click.argument("prefix", default="", required=False)
+@json_option
+@color_option
+@connection_options
+def identity_ls(prefix: str, as_json: bool, color: str, conn: Connection) -> None:
+    """List identities.
+
+    All identities the server knows, or those starting with PREFIX.
+
+    \b
+    Examples:
+      $ kes identity ls
+      $ kes identity ls 'b804befd*'
+    """
+    with session(conn) as client:
+        names = client.list_identities(prefix)
+    _emit(output.name_list_json(names) if as_json else output.name_list("Identity", names))
+
+
+# --- kes policy ---------------------------------------------------------------------------------
+
+
+@main.group("policy", context_settings=CONTEXT)
+def policy_group() -> None:
+    """Inspect the policies of a KES server.
+
+    \b
+    Examples:
+      $ kes policy ls
+      $ kes policy info my-app
+      $ kes policy show my-app
+    """
+
+
+@policy_group.command("ls", context_settings=CONTEXT)
+@click.argument("pattern", default="*", required=False)
+@json_option
+@color_option
+@connection_options
+def policy_ls(pattern: str, as_json: bool, color: str, conn: Connection) -> None:
+    """List policies.
+
+    All policies, or those whose name starts with PATTERN (a trailing * is a wildcard).
+
+    \b
+    Examples:
+      $ kes policy ls
+      $ kes policy ls 'my-policy*'
+    """
+    with session(conn) as client:
+        names = client.list_policies(pattern)
+    _emit(output.name_list_json(names) if as_json else output.name_list("Policy", names))
+
+
+@policy_group.command("info", context_settings=CONTEXT)
+@click.argument("name")
+@json_option
+@color_option
+@connection_options
+def policy_info(name: str, as_json: bool, color: str, conn: Connection) -> None:
+    """Show when and by whom a policy was created.
+
+    \b
+    Examples:
+      $ kes policy info my-app
+    """
+    with session(conn) as client:
+        info = client.describe_policy(name)
+    _emit(output.compact_json(info) if as_json else output.policy_info(name, info))
+
+
+@policy_group.command("show", context_settings=CONTEXT)
+@click.argument("name")
+@json_option
+@connection_options
+def policy_show(name: str, as_json: bool, conn: Connection) -> None:
+    """Show the allow and deny rules of a policy.
+
+    \b
+    Examples:
+      $ kes policy show my-app
+      $ kes policy show my-app --json
+    """
+    with session(conn) as client:
+        policy = client.read_policy(name)
+    _emit(output.policy_show_json(policy) if as_json else output.policy_show(policy))
+
+
+# --- kes ls -------------------------------------------------------------------------------------
+
+
+@main.command("ls", context_settings=CONTEXT)
+@click.argument("prefix", default="", required=False)
+@click.option("-i", "--identity", "identities", is_flag=True, help="List identities instead of keys.")
+@click.option("-p", "--policy", "policies", is_flag=True, help="List policies instead of keys.")
+@json_option
+@connection_options
+def ls(prefix: str, identities: bool, policies: bool, as_json: bool, conn: Connection) -> None:
+    """List keys, identities (-i) or policies (-p).
+
+    All of them, or those starting with PREFIX.
+
+    \b
+    Examples:
+      $ kes ls
+      $ kes ls -p
+      $ kes ls -i --json
+    """
+    if identities and policies:
+        raise click.UsageError("'-p / --policy' and '-i / --identity' must not be used at the same time")
+    with session(conn) as client:
+        if identities:
+            heading, names = "Identity", client.list_identities(prefix)
+        elif policies:
+            heading, names = "Policy", client.list_policies(prefix)
+        else:
+            heading, names = "Key", client.list_keys(prefix)
+    _emit(output.name_list_json(names) if as_json else output.name_list(heading, names))
+
+
+# --- kes status ---------------------------------------------------------------------------------
+
+
+@main.command("status", context_settings=CONTEXT)
+@click.option("-s", "--short", is_flag=True, help="Print only the endpoint line.")
+@click.option("--api", "show_api", is_flag=True, help="List the server's APIs as well.")
+@json_option
+@color_option
+@connection_options_long_server
+def status(short: bool, show_api: bool, as_json: bool, color: str, conn: Connection) -> None:
+    """Show the status of a KES server.
+
+    Version, uptime, round-trip latency, OS, CPUs, memory and keystore state;
+    with --api, every route with its timeout. With --json, the server's status
+    document (or, with --api, its API list).
+
+    \b
+    Examples:
+      $ kes status
+      $ kes status --api
+      $ kes status --json
+    """
+    with session(conn) as client:
+        start = time.monotonic()
+        info = client.status()
+        latency = time.monotonic() - start
+        apis = client.api() if show_api else []
+        endpoint = client.endpoint
+    if as_json:
+        _emit(output.compact_json(apis if show_api else info))
+        return
+    text = output.status(endpoint, info, latency, short=short)
+    if show_api:
+        text += output.api_table(apis)
+    _emit(text)
+
+
+# --- kes metric ---------------------------------------------------------------------------------
+
+_REDRAW = f"\x1b[{output.METRIC_LINES}F\x1b[J"  # cursor up over the last screen, clear to the end
+_HIDE_CURSOR = "\x1b[?25l"
+_SHOW_CURSOR = "\x1b[?25h"
+
+
+def _rate(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    """Click callback: parse ``--rate`` as a positive Go-style duration, in seconds."""
+    try:
+        duration = parse_duration(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+    if duration <= timedelta(0):
+        raise click.BadParameter("the rate must be positive")
+    return duration.total_seconds()
+
+
+@contextlib.contextmanager
+def _following() -> Iterator[None]:
+    """End a following command quietly (status 0) on Ctrl-C or when the reader of its output goes away."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        return
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+@main.command("metric", context_settings=CONTEXT)
+@click.option(
+    "--rate",
+    default="5s",
+    show_default=True,
+    callback=_rate,
+    metavar="DURATION",
+    help="How often to fetch the metrics.",
+)
+@click.option("--once", is_flag=True, help="Fetch and print the metrics once, then exit.")
+@json_option
+@connection_options
+def metric(rate: float, once: bool, as_json: bool, conn: Connection) -> None:
+    """Watch the metrics of a KES server.
+
+    Requests by outcome and their shares, requests per second, mean latency,
+    uptime, memory, CPUs and threads, refreshed every --rate until Ctrl-C.
+    With --json, one JSON object per fetch.
+
+    \b
+    Examples:
+      $ kes metric
+      $ kes metric --rate 1s
+      $ kes metric --once --json
+    """
+    redraw = sys.stdout.isatty() and not as_json and not once
+    previous: tuple[int, float] | None = None
+    try:
+        with _following(), session(conn) as client:
+            if redraw:
+                _emit(_HIDE_CURSOR)
+            while True:
+                snapshot = client.metrics()
+                now = time.monotonic()
+                per_second = 0.0
+                if previous is not None and now > previous[1]:
+                    per_second = max(0, snapshot.requests - previous[0]) / (now - previous[1])
+                if as_json:
+                    _emit(output.metric_json(snapshot))
+                else:
+                    _emit(
+                        (_REDRAW if redraw and previous is not None else "")
+                        + output.metric_view(snapshot, per_second)
+                    )
+                previous = (snapshot.requests, now)
+                if once:
+                    return
+                time.sleep(max(0.0, rate - (time.monotonic() - now)))
+    finally:
+        if redraw:
+            _emit(_SHOW_CURSOR)
+
+
+# --- kes log ------------------------------------------------------------------------------------
+
+
+@main.command("log", context_settings=CONTEXT)
+@click.option("--audit", "audit", is_flag=True, help="Follow the audit log (the default).")
+@click.option("--error", "error", is_flag=True, help="Follow the error log.")
+@json_option
+@connection_options
+def log(audit: bool, error: bool, as_json: bool, conn: Connection) -> None:
+    """Follow the audit or error log of a KES server.
+
+    Prints every event as it happens until Ctrl-C: for the audit log one line
+    per request (time, status, identity, client IP, path, response time), for
+    the error log each message. With --json, the server's event lines as they are.
+
+    \b
+    Examples:
+      $ kes log
+      $ kes log --error
+      $ kes log --json | jq .
+    """
+    if audit and error:
+        raise click.UsageError("cannot display audit and error logs at the same time")
+    with _following(), session(conn) as client, client.error_log() if error else client.audit_log() as lines:
+        if not (as_json or error):
+            _emit(output.AUDIT_HEADER)
+        for line in lines:
+            if as_json:
+                _emit(line.decode("utf-8", errors="replace") + "\n")
+            elif error:
+                _emit(output.error_line(parse_error_event(line)))
+            else:
+                _emit(output.audit_line(parse_audit_event(line)))

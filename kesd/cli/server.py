@@ -15,7 +15,7 @@ from types import MappingProxyType
 import click
 
 from kesd import __version__, errors
-from kesd.config import Config, KeystoreConfig, load_config, parse_config
+from kesd.config import DEFAULT_ADMIN_SOCKET, Config, KeystoreConfig, load_config, parse_config
 from kesd.daemon import Options, run
 from kesd.memlock import memory_locked
 from kesd.server.app import App
@@ -36,6 +36,11 @@ DEV_ADDRESS = "127.0.0.1:7373"
 @click.option("--key", "key_file", metavar="FILE", help="TLS private key (overrides tls.key).")
 @click.option("--cert", "cert_file", metavar="FILE", help="TLS certificate (overrides tls.cert).")
 @click.option("--mlock", is_flag=True, help="Lock all memory so that keys are never swapped to disk.")
+@click.option(
+    "--admin-socket",
+    metavar="PATH",
+    help="Serve kesctl on this Unix socket (default: admin.socket if the config sets one, else none).",
+)
 @click.option("--dev", is_flag=True, help="Start a development server: no files needed, keys in memory.")
 @click.option(
     "--state-dir",
@@ -49,6 +54,7 @@ def server(
     key_file: str | None,
     cert_file: str | None,
     mlock: bool,
+    admin_socket: str | None,
     dev: bool,
     state_dir: str | None,
 ) -> None:
@@ -68,12 +74,7 @@ def server(
         else:
             config = load_config(config_file or "")
             notes = _no_notes
-        config = config.with_overrides(address=addr, auth=auth)
-        if key_file or cert_file:
-            tls = dataclasses.replace(
-                config.tls, key=key_file or config.tls.key, cert=cert_file or config.tls.cert
-            )
-            config = dataclasses.replace(config, tls=tls)
+        config = _with_flags(config, addr, auth, key_file, cert_file)
     except errors.ConfigError as exc:
         click.echo(f"Error: {exc.line()}", err=True)
         sys.exit(2)
@@ -90,7 +91,35 @@ def server(
         click.echo("\n=> Server is up and running")
         sys.stdout.flush()
 
-    sys.exit(run(config, Options(mlock=mlock, banner=banner)))
+    def reload_config() -> Config:
+        """SIGHUP re-reads the same file with the same command-line overrides."""
+        if dev:
+            raise errors.ConfigError("a development server has no config file to reload", file="(--dev)")
+        return _with_flags(load_config(config_file or ""), addr, auth, key_file, cert_file)
+
+    admin = _admin_socket(admin_socket, config)
+    options = Options(mlock=mlock, banner=banner, admin_socket=admin, reload_config=reload_config)
+    sys.exit(run(config, options))
+
+
+def _with_flags(
+    config: Config, addr: str | None, auth: str | None, key_file: str | None, cert_file: str | None
+) -> Config:
+    """The config with the --addr, --auth, --key and --cert values applied."""
+    config = config.with_overrides(address=addr, auth=auth)
+    if key_file or cert_file:
+        tls = dataclasses.replace(
+            config.tls, key=key_file or config.tls.key, cert=cert_file or config.tls.cert
+        )
+        config = dataclasses.replace(config, tls=tls)
+    return config
+
+
+def _admin_socket(flag: str | None, config: Config) -> str | None:
+    """`kes server` opens an admin socket only when asked: --admin-socket, or a non-default admin.socket."""
+    if flag is not None:
+        return flag or None
+    return config.admin_socket if config.admin_socket != DEFAULT_ADMIN_SOCKET else None
 
 
 def _banner(app: App, config: Config, runtime: list[str]) -> str:
