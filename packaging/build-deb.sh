@@ -54,5 +54,5 @@ echo "$deb"
 
 if [ "$lint" = 1 ]; then
   echo "== lintian $(basename "$deb")" >&2
-  lintian --fail-on error --info "$deb" >&2
+  lintian --fail-on error "$deb" >&2
 fi

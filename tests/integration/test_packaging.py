@@ -120,7 +120,11 @@ def test_deb_metadata_and_contents(packages: dict[str, Path]) -> None:
         assert "setcap cap_ipc_lock=+ep" in postinst and "dpkg-statoverride --list" in postinst
         assert "deb-systemd-helper enable 'kesd.socket'" in postinst
         assert "_dh_action=restart" in postinst  # restart on upgrade
-        assert "deb-systemd-invoke stop 'kesd.service' 'kesd.socket'" in (control / "prerm").read_text()
+        # The socket starts first, in its own call, and is not restarted; then the service (re)starts.
+        assert postinst.index("deb-systemd-invoke start 'kesd.socket'") < postinst.index(
+            "deb-systemd-invoke $_dh_action 'kesd.service'"
+        )
+        assert "deb-systemd-invoke stop kesd.socket kesd.service" in (control / "prerm").read_text()
         postrm = (control / "postrm").read_text()
         assert postrm.index('if [ "$1" = purge ]') < postrm.index("rm -rf /var/lib/kesd")
     finally:
@@ -246,7 +250,7 @@ def test_rpmlint(packages: dict[str, Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def test_root() -> Path:
+def debian_root() -> Path:
     """The cached Debian 12 root with systemd (scripts/build-test-root)."""
     result = subprocess.run([str(BUILD_ROOT)], capture_output=True, text=True, timeout=1800, check=False)
     if result.returncode != 0:
@@ -278,11 +282,11 @@ class Overlay:
 
 
 def test_rpm_install_upgrade_erase_in_a_root(
-    packages: dict[str, Path], test_root: Path, tmp_path: Path
+    packages: dict[str, Path], debian_root: Path, tmp_path: Path
 ) -> None:
     """rpm --root DIR --nodeps: %pre creates the user, %post applies the capability and the server
     identity; an upgrade applies the capability again and keeps the edited config; erasing keeps keys."""
-    box = Overlay(test_root, tmp_path)
+    box = Overlay(debian_root, tmp_path)
     root = box.path
     try:
         # The Debian root stands in for an RPM system: setcap for %post (libcap2-bin is not in it),
@@ -448,10 +452,10 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(
-    packages: dict[str, Path], test_root: Path, tmp_path_factory: pytest.TempPathFactory
+    packages: dict[str, Path], debian_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Container]:
     """A booted Debian 12 whose apt cache already holds kesd's dependencies from the archive."""
-    box = Overlay(test_root, tmp_path_factory.mktemp("deb-root"))
+    box = Overlay(debian_root, tmp_path_factory.mktemp("deb-root"))
     dist = packages["deb1"].parent
     try:
         fetch = subprocess.run(
