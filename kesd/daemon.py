@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from kesd import errors, jsonfast, systemd
 from kesd.admin.server import open_listener, with_admin
-from kesd.audit import configure_audit_log, install_error_stream
+from kesd.audit import configure_audit_log
 from kesd.cache import KeyCache
 from kesd.config import Config, load_config
 from kesd.crypto import Cipher, encode_key_version, new_key_version
@@ -50,8 +50,6 @@ def prepare(config: Config, options: Options) -> tuple[App, socket.socket]:
     if options.mlock or config.mlock:
         lock_memory()
     state: State = build_state(config)
-    configure_audit_log(config.log.audit_console)
-    install_error_stream()
     keystore = options.keystore or open_keystore(config.keystore.type, dict(config.keystore.settings))
     try:
         keystore.status()
@@ -261,7 +259,7 @@ class Runtime:
         self._last_requests = 0
         self._last_time = 0.0
         self._reload_lock = asyncio.Lock()
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # "status", "watchdog": the next tick
         self._tasks: set[asyncio.Task[object]] = set()
         _RUNTIMES[app] = self
 
@@ -283,14 +281,16 @@ class Runtime:
         self.notifier.notify(READY=1, STATUS=f"ready on {self.app.address}")
         if self.notifier.enabled:
             self._count_keys()
-            self._timers.append(loop.call_later(STATUS_INTERVAL, self._status_tick))
-        watchdog = systemd.watchdog_seconds()
-        if watchdog is not None:
-            self._watchdog_tick(watchdog / 2)
+            self._timers["status"] = loop.call_later(STATUS_INTERVAL, self._status_tick)
+            watchdog = systemd.watchdog_seconds()
+            if watchdog is not None:
+                self._watchdog_tick(watchdog / 2)
 
     def status_line(self, rate: float | None = None) -> str:
         """What the server is doing, for ``STATUS=`` (e.g. ``serving 12 keys, 340 req/s``)."""
-        keys = "serving" if self.keys is None else f"serving {self.keys} key{'s' * (self.keys != 1)}"
+        if self.keys is None:
+            return "serving" if rate is None else f"serving {rate:.0f} req/s"
+        keys = f"serving {self.keys} key{'s' * (self.keys != 1)}"
         return keys if rate is None else f"{keys}, {rate:.0f} req/s"
 
     def _status_tick(self) -> None:
@@ -302,8 +302,7 @@ class Runtime:
             self.notifier.notify(STATUS=self.status_line(rate))
         if now - self._last_count >= KEY_COUNT_INTERVAL:
             self._count_keys()
-        self._timers.append(loop.call_later(STATUS_INTERVAL, self._status_tick))
-        self._timers = [t for t in self._timers if not t.cancelled() and t.when() > now]
+        self._timers["status"] = loop.call_later(STATUS_INTERVAL, self._status_tick)
 
     def _count_keys(self) -> None:
         """Count the keystore's keys in a worker thread (never on the loop), at most one at a time."""
@@ -323,7 +322,9 @@ class Runtime:
     def _watchdog_tick(self, interval: float) -> None:
         """Ping the watchdog from the loop itself: a stuck loop stops the pings and systemd restarts us."""
         self.notifier.notify(WATCHDOG=1)
-        self._timers.append(asyncio.get_running_loop().call_later(interval, self._watchdog_tick, interval))
+        self._timers["watchdog"] = asyncio.get_running_loop().call_later(
+            interval, self._watchdog_tick, interval
+        )
 
     def shutdown(self) -> None:
         """SIGTERM/SIGINT: stop accepting, finish the requests in flight, then exit 0."""
@@ -363,6 +364,8 @@ class Runtime:
             self.app.state = state
             self.config = config
             apply_levels(config.log)
+            configure_audit_log(config.log.audit_console)
+            self.app.auditor.to_log = config.log.audit_console
             try:
                 await loop.run_in_executor(None, create_declared_keys, self.app.keystore, config.keys)
             except errors.StartupError as exc:
@@ -380,8 +383,8 @@ class Runtime:
         return config, build_state(config)
 
     def close(self) -> None:
-        """Cancel the timers and release the notification socket."""
-        for timer in self._timers:
+        """Cancel the timers (the loop is about to close)."""
+        for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         _RUNTIMES.pop(self.app, None)

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import click
 
-from kesd import __version__, errors
+from kesd import __version__, errors, logsetup
 from kesd.config import DEFAULT_ADMIN_SOCKET, Config, KeystoreConfig, load_config, parse_config
 from kesd.daemon import Options, run
 from kesd.memlock import memory_locked
@@ -99,6 +99,7 @@ def server(
 
     admin = _admin_socket(admin_socket, config)
     options = Options(mlock=mlock, banner=banner, admin_socket=admin, reload_config=reload_config)
+    logsetup.configure("auto", config.log)  # errors and warnings to stderr (or journald under systemd)
     sys.exit(run(config, options))
 
 

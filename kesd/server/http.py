@@ -137,6 +137,7 @@ class HTTPConnection(asyncio.Protocol):
         self._body_size = 0
         self._header_bytes = 0
         self._in_headers = False
+        self._in_message = False
         self._expect_continue = False
         self._proxy_header = b""
         self.is_proxy = False
@@ -208,7 +209,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._stream is not None:
             self._close()
             return True
-        if self._busy or self._in_headers:
+        if self._busy or self._in_message:
             return False
         self._close()
         return True
@@ -221,6 +222,7 @@ class HTTPConnection(asyncio.Protocol):
         self._body_size = 0
         self._header_bytes = 0
         self._in_headers = True
+        self._in_message = True
         if self.is_proxy:
             self._forwarded = []
             self._forwarded_for = b""
@@ -260,6 +262,7 @@ class HTTPConnection(asyncio.Protocol):
         self._body_size += len(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         body = b"".join(self._body) if self._body else b""
         self._body = []
         request = _Pending(

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.nspawn import BootedContainer
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DEB = ROOT / "packaging" / "build-deb.sh"
@@ -38,7 +38,6 @@ UPSTREAM = next(
 )
 DIST = "/srv/dist"  # where the packages appear inside the container
 CAP_IPC_LOCK = 1 << 14
-BOOT_TIMEOUT = 120.0
 
 
 def _unavailable() -> str | None:
@@ -336,80 +335,14 @@ def test_rpm_install_upgrade_erase_in_a_root(
 # --- the .deb in a booted Debian 12 ----------------------------------------------------------------
 
 
-class Container:
-    """A booted systemd-nspawn container over an overlay of the test root, and commands run in it."""
+class Container(BootedContainer):
+    """The booted Debian root with the packages at DIST, and what the tests ask of it."""
 
     def __init__(self, root: Path, dist: Path, log: Path) -> None:
-        self.log = log
-        self.name = f"kesdpkg-{os.getpid()}"
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    "systemd-nspawn",
-                    f"--directory={root}",
-                    "--boot",
-                    "--register=no",
-                    "--keep-unit",
-                    "--private-network",
-                    "--capability=CAP_IPC_LOCK",
-                    "--console=passive",
-                    f"--bind-ro={dist}:{DIST}",
-                    f"--machine={self.name}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.leader = self._find_leader()
+        super().__init__(root, log, [f"--bind-ro={dist}:{DIST}"], f"kesdpkg-{os.getpid()}")
 
-    def _find_leader(self) -> int:
-        """The container's PID 1: a child of systemd-nspawn that is PID 1 in its own PID namespace."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    status = (entry / "status").read_text()
-                except OSError:
-                    continue
-                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-                if fields.get("PPid") == str(self.proc.pid) and fields.get("NSpid", "").split()[-1:] == ["1"]:
-                    return int(entry.name)
-            time.sleep(0.1)
-        raise RuntimeError("no container init found:\n" + self.log.read_text(errors="replace")[-3000:])
-
-    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run a command as root inside the container, with a clean environment."""
-        command = [
-            "nsenter",
-            f"--target={self.leader}",
-            "--all",
-            "env",
-            "-i",
-            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME=/root",
-            "LANG=C.UTF-8",
-            "SYSTEMD_PAGER=",
-            "DEBIAN_FRONTEND=noninteractive",
-            *args,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-ec", script, check=check)
-
-    def wait_booted(self) -> str:
-        """The system state once boot has finished ("offline" until systemd runs as PID 1 in there)."""
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while True:
-            state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_TIMEOUT)
-            if state.stdout.strip() not in ("", "offline") or time.monotonic() > deadline:
-                return state.stdout.strip()
-            time.sleep(0.2)
+    def run(self, *args: str, check: bool = True, timeout: float = 300, env: tuple[str, ...] = ()):
+        return super().run(*args, check=check, timeout=timeout, env=("DEBIAN_FRONTEND=noninteractive", *env))
 
     def active(self, *units: str) -> list[str]:
         return self.run("systemctl", "is-active", *units, check=False).stdout.split()
@@ -432,22 +365,6 @@ class Container:
             *args,
             check=check,
         )
-
-    def diagnostics(self) -> str:
-        status = self.run(
-            "systemctl", "status", "--no-pager", "--full", "kesd.service", "kesd.socket", check=False
-        )
-        journal = self.run("journalctl", "--no-pager", "-u", "kesd", "-n", "60", check=False)
-        return status.stdout + status.stderr + journal.stdout
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nspawn powers the container off
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")

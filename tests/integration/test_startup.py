@@ -198,3 +198,31 @@ def test_declared_keys_are_created_once(tmp_path: Path, server_id: Identity, adm
         opened = call(srv, "POST", "/v1/key/decrypt/declared-2", json.dumps(sealed), identity=admin)
         assert opened.json() == {"plaintext": "aGk="}
     assert (tmp_path / "keys" / "declared-2").read_bytes() == before
+
+
+def test_sigterm_finishes_a_request_whose_body_is_still_arriving(
+    tmp_path: Path, server_id: Identity, admin: Identity
+) -> None:
+    import signal
+    import socket
+    import time
+
+    from tests.integration.harness import client_context
+
+    srv = Server(tmp_path, base_config(server_id, admin.identity, tmp_path / "keys")).start()
+    try:
+        assert call(srv, "POST", "/v1/key/create/k", identity=admin).status == 200
+        tls = client_context(admin).wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+        body = b'{"plaintext":"aGVsbG8="}'
+        tls.sendall(b"POST /v1/key/encrypt/k HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        tls.sendall(body[:10])
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        tls.sendall(body[10:])
+        reply = tls.recv(65536)
+        tls.close()
+        assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+    finally:
+        code = srv.stop()
+    assert code == 0

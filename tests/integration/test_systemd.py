@@ -323,6 +323,49 @@ def test_watchdog_pings_at_half_the_timeout(
             kesd.kill(signal.SIGCONT)
 
 
+def test_watchdog_pings_come_from_the_event_loop(tmp_path: Path) -> None:
+    """A loop blocked for 1 s (the rest of the process running) sends no pings meanwhile: the pings
+    are loop callbacks, not a thread's."""
+    import asyncio
+    import itertools
+    import threading
+
+    from kesd import daemon, systemd
+
+    sock = NotifySocket(tmp_path / "wd.sock")
+    arrivals: list[float] = []
+    done = threading.Event()
+
+    def receive() -> None:
+        sock.sock.settimeout(0.1)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                if sock.sock.recv(4096) == b"WATCHDOG=1\n":
+                    arrivals.append(time.monotonic())
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    runtime = daemon.Runtime.__new__(daemon.Runtime)  # only the watchdog part is exercised
+    runtime.notifier = systemd.Notifier(sock.env_value)
+    runtime._timers = {}
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(runtime._watchdog_tick, 0.05)
+        loop.call_later(0.5, time.sleep, 1.0)  # the loop is stuck from 0.5 s to 1.5 s
+        loop.run_until_complete(asyncio.sleep(2.0))
+    finally:
+        for timer in runtime._timers.values():
+            timer.cancel()
+        loop.close()
+        done.set()
+        receiver.join()
+        sock.close()
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(arrivals) >= 10, arrivals
+    assert max(gaps) >= 0.9, gaps
+    assert sorted(gaps)[-2] < 0.5, gaps  # only the one gap of the blocked second
+
+
 def test_watchdog_for_another_pid_is_ignored(
     tmp_path: Path, notify: NotifySocket, server_id: Identity, admin: Identity
 ) -> None:
@@ -764,3 +807,23 @@ def test_reload_turns_client_verification_on(
         assert not ready["STATUS"].startswith("reload failed"), ready
         with pytest.raises((ssl.SSLError, ConnectionError)):
             call(kesd, "GET", "/v1/status", identity=admin)
+
+
+def test_reload_applies_log_settings(
+    tmp_path: Path, notify: NotifySocket, server_id: Identity, admin: Identity
+) -> None:
+    """log.audit switched on by a reload: the next request's audit event is printed."""
+    config = base_config(server_id, admin.identity, tmp_path / "keys")
+    kesd = Kesd(tmp_path, config, notify=notify)
+    with running(kesd):
+        assert call(kesd, "GET", "/v1/status", identity=admin).status == 200
+        kesd.write_config({**config, "log": {"audit": "on"}})
+        kesd.kill(signal.SIGHUP)
+        ready = notify.wait(has("READY", "1"))
+        assert not ready["STATUS"].startswith("reload failed"), ready
+        assert call(kesd, "GET", "/version", identity=admin).status == 200
+        deadline = time.monotonic() + 10
+        while '"path":"/version"' not in kesd.log and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert '"path":"/version"' in kesd.log, kesd.log
+    assert '"path":"/v1/status"' not in kesd.log

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,11 +24,11 @@ import pytest
 import yaml
 
 from tests.integration.harness import Identity, make_identity
+from tests.integration.nspawn import BootedContainer
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_ROOT = ROOT / "scripts" / "build-test-root"
 STAGE = "/srv/kesd-test"  # where the staging directory appears inside the container
-BOOT_TIMEOUT = 120.0
 
 
 def _unavailable() -> str | None:
@@ -81,87 +80,17 @@ print(json.dumps({"status": reply.status, "body": reply.read().decode()}))
 """
 
 
-class Container:
-    """A booted systemd-nspawn container and the means to run commands in it."""
+class Container(BootedContainer):
+    """The booted test root with kesd staged at STAGE, and what the tests ask of it."""
 
     def __init__(self, root: Path, stage: Path, log: Path) -> None:
         self.stage = stage
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    "systemd-nspawn",
-                    f"--directory={root}",
-                    "--volatile=overlay",
-                    "--boot",
-                    "--register=no",
-                    "--keep-unit",
-                    "--private-network",
-                    "--capability=CAP_IPC_LOCK",
-                    "--console=passive",
-                    f"--bind-ro={stage}:{STAGE}",
-                    f"--machine=kesd-test-{os.getpid()}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.leader = self._find_leader()
-
-    def _find_leader(self) -> int:
-        """The container's PID 1: a child of systemd-nspawn that is PID 1 in its own PID namespace."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    status = (entry / "status").read_text()
-                except OSError:
-                    continue
-                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-                if (
-                    fields.get("PPid") == str(self.proc.pid)
-                    and fields.get("NSpid", "").split()[-1:] == ["1"]
-                    and fields.get("Name") == "systemd"  # exec'd: its namespaces are final
-                ):
-                    return int(entry.name)
-            time.sleep(0.1)
-        raise RuntimeError("no container init found:\n" + self.log.read_text(errors="replace")[-3000:])
-
-    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the container, with a clean environment."""
-        command = [
-            "nsenter",
-            f"--target={self.leader}",
-            "--all",
-            "env",
-            "-i",
-            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-            "SYSTEMD_PAGER=",
-            *args,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-c", script, check=check)
-
-    def wait_booted(self) -> str:
-        """Wait until the container's systemd has finished booting; its final state."""
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        state = ""
-        while time.monotonic() < deadline:
-            result = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=BOOT_TIMEOUT)
-            state = result.stdout.strip()
-            if state in ("running", "degraded"):
-                break
-            time.sleep(0.2)
-        return state
+        super().__init__(
+            root,
+            log,
+            ["--volatile=overlay", f"--bind-ro={stage}:{STAGE}"],
+            f"kesd-test-{os.getpid()}",
+        )
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
@@ -195,22 +124,6 @@ class Container:
             if time.monotonic() > deadline:
                 raise AssertionError(f"kesd.service never reached the expected state: {shown}")
             time.sleep(0.2)
-
-    def diagnostics(self) -> str:
-        status = self.run(
-            "systemctl", "status", "--no-pager", "--full", "kesd.service", "kesd.socket", check=False
-        )
-        journal = self.run("journalctl", "--no-pager", "-u", "kesd", "-n", "60", check=False)
-        return status.stdout + status.stderr + journal.stdout
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nspawn powers the container off
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _build_root() -> Path:
