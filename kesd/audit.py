@@ -116,30 +116,45 @@ class Auditor:
         self.to_log = to_log
 
     def record(self, path: str, identity: str, ip: str, status: int, seconds: float) -> None:
-        """Publish the audit event of one request."""
-        AUDIT.events += 1
-        if not AUDIT.subscribers and not self.to_log:
-            return
-        nanos = int(seconds * 1e9)
-        now = time.time()
-        event = {
-            "time": _rfc3339(now),
-            "request": _request(ip, path, identity),
-            "response": {"code": status, "time": nanos},
+        """Publish the audit event of one API request."""
+        emit(path, identity, ip, status, seconds, to_log=self.to_log)
+
+
+def emit(
+    path: str,
+    identity: str,
+    ip: str,
+    status: int,
+    seconds: float,
+    *,
+    to_log: bool,
+    extra: dict[str, int | str] | None = None,
+) -> None:
+    """Publish one audit event to stream subscribers and, if ``to_log``, to the ``kesd.audit`` logger.
+
+    ``extra`` adds request fields (the admin socket's ``uid``/``pid``), also as ``KESD_*`` log fields.
+    """
+    AUDIT.events += 1
+    if not AUDIT.subscribers and not to_log:
+        return
+    nanos = int(seconds * 1e9)
+    request: dict[str, int | str] = dict(_request(ip, path, identity))
+    if extra:
+        request.update(extra)
+    event = {"time": _rfc3339(time.time()), "request": request, "response": {"code": status, "time": nanos}}
+    line = jsonfast.dumps(event)
+    AUDIT.publish(line)
+    if to_log:
+        fields: dict[str, int | str] = {
+            "kesd_identity": identity,
+            "kesd_path": path,
+            "kesd_status": status,
+            "kesd_duration_us": nanos // 1000,
+            "kesd_ip": ip,
         }
-        line = jsonfast.dumps(event)
-        AUDIT.publish(line)
-        if self.to_log:
-            log.info(
-                line.decode().rstrip("\n"),
-                extra={
-                    "kesd_identity": identity,
-                    "kesd_path": path,
-                    "kesd_status": status,
-                    "kesd_duration_us": nanos // 1000,
-                    "kesd_ip": ip,
-                },
-            )
+        if extra:
+            fields.update({f"kesd_{k}": v for k, v in extra.items()})
+        log.info(line.decode().rstrip("\n"), extra=fields)
 
 
 def _request(ip: str, path: str, identity: str) -> dict[str, str]:

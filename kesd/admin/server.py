@@ -24,10 +24,9 @@ import struct
 import time
 from collections import deque
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kesd import audit, errors, jsonfast
+from kesd import audit, errors
 from kesd.admin import operations
 from kesd.admin.protocol import (
     BAD_REQUEST,
@@ -55,7 +54,6 @@ if TYPE_CHECKING:
     from kesd.server.app import App
 
 log = logging.getLogger("kesd.admin")
-audit_log = logging.getLogger("kesd.audit")
 
 FRAME_TIMEOUT = 5.0  # a whole request frame must arrive within this time
 OPERATION_TIMEOUT = 30.0  # an operation that takes longer is answered 504
@@ -473,27 +471,14 @@ class AdminServer:
 
     def _audit(self, uid: int, pid: int, path: str, status: int, started: float) -> None:
         """One audit event per admin request, refusals included: to stream subscribers and the audit log."""
-        nanos = int((time.monotonic() - started) * 1e9)
-        identity = f"unix:uid={uid}"
-        event = {
-            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            "request": {"path": path, "identity": identity, "uid": uid, "pid": pid},
-            "response": {"code": status, "time": nanos},
-        }
-        line = jsonfast.dumps(event)
-        audit.AUDIT.events += 1
-        audit.AUDIT.publish(line)
-        audit_log.info(
-            line.decode().rstrip("\n"),
-            extra={
-                "kesd_identity": identity,
-                "kesd_path": path,
-                "kesd_status": status,
-                "kesd_duration_us": nanos // 1000,
-                "kesd_ip": "",
-                "kesd_uid": uid,
-                "kesd_pid": pid,
-            },
+        audit.emit(
+            path,
+            f"unix:uid={uid}",
+            "",
+            status,
+            time.monotonic() - started,
+            to_log=True,
+            extra={"uid": uid, "pid": pid},
         )
 
 
