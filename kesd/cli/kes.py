@@ -307,6 +307,11 @@ def _emit(text: str) -> None:
     click.echo(text, nl=False)
 
 
+def _json_unless_terminal(as_json: bool) -> bool:
+    """JSON when asked for, or when stdout is not a terminal: what KES's dek/encrypt/decrypt do."""
+    return as_json or not sys.stdout.isatty()
+
+
 # --- kes ----------------------------------------------------------------------------------------
 
 
@@ -449,7 +454,8 @@ def key_rm(names: tuple[str, ...], conn: Connection) -> None:
 def key_dek(name: str, context: str | None, as_json: bool, conn: Connection) -> None:
     """Generate a new data encryption key.
 
-    Prints the key (plaintext) and the same key encrypted with NAME (ciphertext).
+    Prints the key (plaintext) and the same key encrypted with NAME (ciphertext): for people on
+    a terminal, as JSON when the output goes to a pipe or file (as KES does) or with --json.
 
     \b
     Examples:
@@ -459,7 +465,10 @@ def key_dek(name: str, context: str | None, as_json: bool, conn: Connection) -> 
     associated = _base64_arg(context, "context") if context else None
     with session(conn) as client:
         plaintext, ciphertext = client.generate_key(name, associated)
-    _emit(output.dek_json(plaintext, ciphertext) if as_json else output.dek(plaintext, ciphertext))
+    if _json_unless_terminal(as_json):
+        _emit(output.dek_json(plaintext, ciphertext))
+    else:
+        _emit(output.dek(plaintext, ciphertext))
 
 
 @key_group.command("encrypt", context_settings=CONTEXT)
@@ -476,7 +485,11 @@ def key_encrypt(name: str, message: str, as_json: bool, conn: Connection) -> Non
     """
     with session(conn) as client:
         ciphertext = client.encrypt(name, message.encode())
-    _emit((output.labelled_json if as_json else output.labelled)("ciphertext", ciphertext))
+    _emit(
+        (output.labelled_json if _json_unless_terminal(as_json) else output.labelled)(
+            "ciphertext", ciphertext
+        )
+    )
 
 
 @key_group.command("decrypt", context_settings=CONTEXT)
@@ -499,7 +512,9 @@ def key_decrypt(name: str, ciphertext: str, context: str | None, as_json: bool, 
     associated = _base64_arg(context, "context") if context else None
     with session(conn) as client:
         plaintext = client.decrypt(name, sealed, associated)
-    _emit((output.labelled_json if as_json else output.labelled)("plaintext", plaintext))
+    _emit(
+        (output.labelled_json if _json_unless_terminal(as_json) else output.labelled)("plaintext", plaintext)
+    )
 
 
 @key_group.command("hmac", context_settings=CONTEXT)

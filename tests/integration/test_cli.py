@@ -13,6 +13,7 @@ import json
 import os
 import re
 import selectors
+import shlex
 import signal
 import subprocess
 import time
@@ -54,9 +55,14 @@ def _env(server: Server, who: Identity | None, server_id: Identity) -> dict[str,
 def kes(server: Server, server_id: Identity, admin: Identity):
     """Run `kes ARGS...` as ``who`` (default: the admin); returns the finished process."""
 
-    def run(*args: str, who: Identity | None = admin, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            kes_command(*args),
+    def run(
+        *args: str, who: Identity | None = admin, cwd: Path | None = None, tty: bool = False
+    ) -> subprocess.CompletedProcess:
+        command = kes_command(*args)
+        if tty:  # on a terminal, as a person types it: `script` gives the command a pty
+            command = ["script", "-qec", shlex.join(command), "/dev/null"]
+        result = subprocess.run(
+            command,
             env=_env(server, who, server_id),
             cwd=cwd,
             capture_output=True,
@@ -64,6 +70,9 @@ def kes(server: Server, server_id: Identity, admin: Identity):
             timeout=60,
             check=False,
         )
+        if tty:
+            result.stdout = result.stdout.replace("\r\n", "\n")
+        return result
 
     return run
 
@@ -275,12 +284,18 @@ def test_key_rm(kes):
 
 def test_key_dek_and_decrypt(kes):
     _ok(kes("key", "create", "cli-dek"))
-    out = _ok(kes("key", "dek", "cli-dek"))
+    out = _ok(kes("key", "dek", "cli-dek", tty=True))
     match = re.fullmatch(r"\{\n  plaintext : (\S+)\n  ciphertext: (\S+)\n\}\n", out)
     assert match is not None, out
     plaintext, ciphertext = match.groups()
     assert len(base64.b64decode(plaintext)) == 32
-    assert _ok(kes("key", "decrypt", "cli-dek", ciphertext)) == f"\nplaintext: {plaintext}\n"
+    assert _ok(kes("key", "decrypt", "cli-dek", ciphertext, tty=True)) == f"\nplaintext: {plaintext}\n"
+    # Into a pipe or file, KES's dek/encrypt/decrypt print JSON without being asked.
+    piped = json.loads(_ok(kes("key", "dek", "cli-dek")))
+    assert list(piped) == ["plaintext", "ciphertext"]
+    assert json.loads(_ok(kes("key", "decrypt", "cli-dek", piped["ciphertext"]))) == {
+        "plaintext": piped["plaintext"]
+    }
     assert json.loads(_ok(kes("key", "decrypt", "cli-dek", ciphertext, "--json"))) == {"plaintext": plaintext}
 
 
@@ -305,10 +320,11 @@ def test_key_dek_of_missing_key(kes):
 
 def test_key_encrypt_and_decrypt(kes):
     _ok(kes("key", "create", "cli-enc"))
-    out = _ok(kes("key", "encrypt", "cli-enc", "Hello World"))
+    out = _ok(kes("key", "encrypt", "cli-enc", "Hello World", tty=True))
     match = re.fullmatch(r"\nciphertext: (\S+)\n", out)
     assert match is not None, out
-    plain = _ok(kes("key", "decrypt", "cli-enc", match.group(1)))
+    assert list(json.loads(_ok(kes("key", "encrypt", "cli-enc", "Hello World")))) == ["ciphertext"]
+    plain = _ok(kes("key", "decrypt", "cli-enc", match.group(1), tty=True))
     assert plain == f"\nplaintext: {base64.b64encode(b'Hello World').decode()}\n"
     doc = json.loads(_ok(kes("key", "encrypt", "cli-enc", "Hello", "--json")))
     assert list(doc) == ["ciphertext"]

@@ -7,6 +7,7 @@ port 7373 is its own.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -63,7 +64,9 @@ export KES_CLIENT_CERT=client.crt
 export KES_CLIENT_KEY=client.key
 
 kes key create my-key-1 -k > create.out 2>&1; echo $? > create.rc
-kes key dek my-key-1 -k > dek.out 2>&1; echo $? > dek.rc
+# On a terminal, as in the guide (`script` gives it one); into a pipe kes prints JSON, as KES does.
+script -qec "kes key dek my-key-1 -k" /dev/null | tr -d '\r' > dek.out; echo "${PIPESTATUS[0]}" > dek.rc
+kes key dek my-key-1 -k > dek.json 2>&1
 ciphertext=$(awk '/ciphertext:/ {print $2}' dek.out)
 kes key decrypt my-key-1 "$ciphertext" -k > decrypt.out 2>&1; echo $? > decrypt.rc
 kes key create other-key -k > other.out 2>&1; echo $? > other.rc
@@ -115,6 +118,7 @@ def test_filesystem_keystore_walkthrough(tmp_path: Path) -> None:
     dek = re.fullmatch(r"\{\n  plaintext : (\S+)\n  ciphertext: (\S+)\n\}\n", out("dek.out"))
     assert dek, out("dek.out")
     plaintext, _ciphertext = dek.groups()
+    assert list(json.loads(out("dek.json"))) == ["plaintext", "ciphertext"]  # piped: JSON, as KES
     assert out("decrypt.rc").strip() == "0", out("decrypt.out")
     assert plaintext in out("decrypt.out")
 
