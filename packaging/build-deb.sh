@@ -8,17 +8,7 @@ set -euo pipefail
 # shellcheck source=packaging/common.sh
 . "$(dirname "$0")/common.sh"
 
-version="$(upstream_version)-1"
-out=$top/dist
-lint=1
-while [ $# -gt 0 ]; do
-  case $1 in
-    --version) version=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --no-lintian) lint=0; shift ;;
-    *) echo "usage: $0 [--version V] [--out DIR] [--no-lintian]" >&2; exit 2 ;;
-  esac
-done
+parse_build_args lintian "$@"
 
 ensure_apt_packages dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
   python3-click python3-cryptography python3-httptools python3-psutil python3-yaml python3-pytest gcc

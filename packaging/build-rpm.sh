@@ -9,17 +9,7 @@ set -euo pipefail
 # shellcheck source=packaging/common.sh
 . "$(dirname "$0")/common.sh"
 
-version="$(upstream_version)-1"
-out=$top/dist
-lint=1
-while [ $# -gt 0 ]; do
-  case $1 in
-    --version) version=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --no-rpmlint) lint=0; shift ;;
-    *) echo "usage: $0 [--version V-R] [--out DIR] [--no-rpmlint]" >&2; exit 2 ;;
-  esac
-done
+parse_build_args rpmlint "$@"
 case $version in
   *-*) upstream=${version%-*} release=${version##*-} ;;
   *) upstream=$version release=1 ;;

@@ -55,3 +55,21 @@ vectors_dir() {
   [ -d "$d" ] && (cd "$d" && pwd)
   return 0
 }
+
+# The options both build scripts take: --version V, --out DIR and --no-LINTER (lintian or rpmlint).
+# Sets $version (default: kesd's version with revision/release 1), $out (default dist/) and $lint.
+parse_build_args() {
+  local linter=$1
+  shift
+  version="$(upstream_version)-1"
+  out=$top/dist
+  lint=1
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --version) version=$2; shift 2 ;;
+      --out) out=$2; shift 2 ;;
+      "--no-$linter") lint=0; shift ;;
+      *) echo "usage: $0 [--version V-R] [--out DIR] [--no-$linter]" >&2; exit 2 ;;
+    esac
+  done
+}
